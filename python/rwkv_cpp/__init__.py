@@ -1,0 +1,31 @@
+"""rwkv_cpp: a fast, faithful CPU runtime for RWKV language models.
+
+    import rwkv_cpp
+    with rwkv_cpp.Model("model.gguf") as model:
+        logits, state = model.eval_sequence(tokens)
+"""
+
+from .errors import (
+    ComputeError,
+    InvalidArgumentError,
+    ModelFormatError,
+    ModelIOError,
+    ModelMemoryError,
+    RWKVError,
+    UnsupportedModelError,
+)
+from .model import Model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Model",
+    "RWKVError",
+    "InvalidArgumentError",
+    "ModelIOError",
+    "ModelFormatError",
+    "UnsupportedModelError",
+    "ModelMemoryError",
+    "ComputeError",
+    "__version__",
+]

@@ -1,0 +1,173 @@
+// C API of rwkv_cpp: argument checks and the conversion of internal errors
+// (rwkv::Error, std::bad_alloc, anything else) into status codes.
+#include "rwkv.h"
+
+#include "rwkv_common.h"
+#include "rwkv_context.h"
+#include "rwkv_model.h"
+
+#include <cstring>
+#include <new>
+
+struct rwkv_model {
+    std::unique_ptr<rwkv::Model> impl;
+};
+
+struct rwkv_context {
+    std::unique_ptr<rwkv::Context> impl;
+    std::string last_error;
+};
+
+namespace {
+
+void write_message(char * buf, size_t size, const std::string & msg) {
+    if (buf == nullptr || size == 0) {
+        return;
+    }
+    const size_t n = std::min(size - 1, msg.size());
+    std::memcpy(buf, msg.data(), n);
+    buf[n] = '\0';
+}
+
+// Runs fn, converting any exception into a status and a message.
+template <typename Fn>
+rwkv_status guarded(std::string & message, Fn && fn) {
+    try {
+        fn();
+        message.clear();
+        return RWKV_STATUS_OK;
+    } catch (const rwkv::Error & e) {
+        message = e.what();
+        return e.status();
+    } catch (const std::bad_alloc &) {
+        message = "out of memory";
+        return RWKV_STATUS_ERROR_ALLOC;
+    } catch (const std::exception & e) {
+        message = std::string("internal error: ") + e.what();
+        return RWKV_STATUS_ERROR_COMPUTE;
+    }
+}
+
+}  // namespace
+
+extern "C" {
+
+const char * rwkv_status_str(enum rwkv_status status) {
+    switch (status) {
+        case RWKV_STATUS_OK: return "ok";
+        case RWKV_STATUS_ERROR_INVALID_ARGUMENT: return "invalid argument";
+        case RWKV_STATUS_ERROR_IO: return "I/O error";
+        case RWKV_STATUS_ERROR_FILE_FORMAT: return "invalid model file";
+        case RWKV_STATUS_ERROR_UNSUPPORTED: return "unsupported model";
+        case RWKV_STATUS_ERROR_ALLOC: return "out of memory";
+        case RWKV_STATUS_ERROR_COMPUTE: return "computation failed";
+    }
+    return "unknown status";
+}
+
+const char * rwkv_type_str(enum rwkv_type type) {
+    switch (type) {
+        case RWKV_TYPE_FP32: return "FP32";
+        case RWKV_TYPE_FP16: return "FP16";
+        case RWKV_TYPE_Q8_0: return "Q8_0";
+        case RWKV_TYPE_Q5_0: return "Q5_0";
+        case RWKV_TYPE_Q5_1: return "Q5_1";
+        case RWKV_TYPE_Q4_0: return "Q4_0";
+        case RWKV_TYPE_Q4_1: return "Q4_1";
+    }
+    return "unknown";
+}
+
+struct rwkv_model_params rwkv_model_default_params(void) {
+    rwkv_model_params p;
+    p.use_mmap = true;
+    p.log_callback = nullptr;
+    p.log_user_data = nullptr;
+    return p;
+}
+
+struct rwkv_context_params rwkv_context_default_params(void) {
+    rwkv_context_params p;
+    p.n_threads = 0;
+    p.max_chunk_tokens = 0;
+    return p;
+}
+
+enum rwkv_status rwkv_model_load(const char * path, struct rwkv_model_params params, struct rwkv_model ** out_model,
+                                 char * error_buf, size_t error_buf_size) {
+    std::string message;
+    if (out_model == nullptr || path == nullptr) {
+        write_message(error_buf, error_buf_size, "rwkv_model_load: path and out_model must not be NULL");
+        return RWKV_STATUS_ERROR_INVALID_ARGUMENT;
+    }
+    *out_model = nullptr;
+    rwkv_model * model = nullptr;
+    const rwkv_status st = guarded(message, [&] {
+        auto impl = rwkv::Model::load(path, params);
+        model = new rwkv_model{std::move(impl)};
+    });
+    *out_model = model;
+    write_message(error_buf, error_buf_size, message);
+    return st;
+}
+
+void rwkv_model_free(struct rwkv_model * model) { delete model; }
+
+uint32_t rwkv_model_n_vocab(const struct rwkv_model * m) { return m->impl->hparams().n_vocab; }
+uint32_t rwkv_model_n_embed(const struct rwkv_model * m) { return m->impl->hparams().n_embed; }
+uint32_t rwkv_model_n_layer(const struct rwkv_model * m) { return m->impl->hparams().n_layer; }
+const char * rwkv_model_version(const struct rwkv_model * m) { return m->impl->hparams().version.c_str(); }
+const char * rwkv_model_tokenizer(const struct rwkv_model * m) { return m->impl->hparams().tokenizer.c_str(); }
+enum rwkv_type rwkv_model_type(const struct rwkv_model * m) { return m->impl->hparams().file_type; }
+size_t rwkv_model_state_len(const struct rwkv_model * m) { return m->impl->state_len(); }
+size_t rwkv_model_logits_len(const struct rwkv_model * m) { return m->impl->hparams().n_vocab; }
+
+enum rwkv_status rwkv_state_init(const struct rwkv_model * model, float * state, size_t n_state) {
+    if (model == nullptr || state == nullptr || n_state != model->impl->state_len()) {
+        return RWKV_STATUS_ERROR_INVALID_ARGUMENT;
+    }
+    model->impl->init_state(state);
+    return RWKV_STATUS_OK;
+}
+
+enum rwkv_status rwkv_context_init(const struct rwkv_model * model, struct rwkv_context_params params,
+                                   struct rwkv_context ** out_ctx, char * error_buf, size_t error_buf_size) {
+    if (model == nullptr || out_ctx == nullptr) {
+        write_message(error_buf, error_buf_size, "rwkv_context_init: model and out_ctx must not be NULL");
+        return RWKV_STATUS_ERROR_INVALID_ARGUMENT;
+    }
+    *out_ctx = nullptr;
+    std::string message;
+    rwkv_context * ctx = nullptr;
+    const rwkv_status st = guarded(message, [&] {
+        auto impl = std::make_unique<rwkv::Context>(*model->impl, params);
+        ctx = new rwkv_context{std::move(impl), std::string()};
+    });
+    *out_ctx = ctx;
+    write_message(error_buf, error_buf_size, message);
+    return st;
+}
+
+void rwkv_context_free(struct rwkv_context * ctx) { delete ctx; }
+
+const char * rwkv_context_last_error(const struct rwkv_context * ctx) {
+    return ctx == nullptr ? "context is NULL" : ctx->last_error.c_str();
+}
+
+enum rwkv_status rwkv_eval(struct rwkv_context * ctx, uint32_t token, const float * state_in, float * state_out,
+                           size_t n_state, float * logits_out, size_t n_logits) {
+    return rwkv_eval_sequence(ctx, &token, 1, state_in, state_out, n_state, logits_out, n_logits);
+}
+
+enum rwkv_status rwkv_eval_sequence(struct rwkv_context * ctx, const uint32_t * tokens, size_t n_tokens,
+                                    const float * state_in, float * state_out, size_t n_state, float * logits_out,
+                                    size_t n_logits) {
+    if (ctx == nullptr) {
+        return RWKV_STATUS_ERROR_INVALID_ARGUMENT;
+    }
+    return guarded(ctx->last_error, [&] {
+        ctx->impl->eval(tokens, n_tokens, state_in, state_out, n_state, logits_out, n_logits);
+    });
+}
+
+}  // extern "C"

@@ -1,0 +1,47 @@
+// Internal helpers shared by every layer of the library: the error type that
+// carries a status and a message up to the C API, formatting, and logging
+// through the caller's callback.
+#pragma once
+
+#include "rwkv.h"
+
+#include <cstdarg>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace rwkv {
+
+// Thrown inside the library, caught and converted to a status in rwkv.cpp.
+class Error : public std::runtime_error {
+public:
+    Error(rwkv_status status, const std::string & message)
+        : std::runtime_error(message), status_(status) {}
+    rwkv_status status() const { return status_; }
+
+private:
+    rwkv_status status_;
+};
+
+#if defined(__GNUC__)
+#    define RWKV_PRINTF_LIKE(fmt, args) __attribute__((format(printf, fmt, args)))
+#else
+#    define RWKV_PRINTF_LIKE(fmt, args)
+#endif
+
+std::string format(const char * fmt, ...) RWKV_PRINTF_LIKE(1, 2);
+
+[[noreturn]] void fail(rwkv_status status, const char * fmt, ...) RWKV_PRINTF_LIKE(2, 3);
+
+// Where the library's messages go; silent unless the caller set a callback.
+struct Logger {
+    rwkv_log_callback callback = nullptr;
+    void * user_data = nullptr;
+
+    void log(rwkv_log_level level, const char * fmt, ...) const RWKV_PRINTF_LIKE(3, 4);
+};
+
+// a * b, failing instead of wrapping around (sizes read from files).
+uint64_t checked_mul(uint64_t a, uint64_t b, const char * what);
+
+}  // namespace rwkv

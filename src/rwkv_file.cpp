@@ -1,0 +1,220 @@
+#include "rwkv_file.h"
+
+#include "ggml.h"
+#include "gguf.h"
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace rwkv {
+
+namespace {
+
+constexpr size_t BUFFER_ALIGNMENT = 64;  // >= ggml's tensor alignment (32)
+
+// Closes a file descriptor on scope exit.
+struct FdGuard {
+    int fd;
+    ~FdGuard() {
+        if (fd >= 0) {
+            close(fd);
+        }
+    }
+};
+
+bool read_all(int fd, uint8_t * dst, size_t size) {
+    size_t done = 0;
+    while (done < size) {
+        const ssize_t n = read(fd, dst + done, size - done);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            return false;
+        }
+        done += static_cast<size_t>(n);
+    }
+    return true;
+}
+
+// ggml reports GGUF parse errors through its global log callback.  While we
+// parse, route them into a string so that they become our error message
+// instead of being printed.  The mutex keeps concurrent loads consistent.
+std::mutex g_ggml_log_mutex;
+
+struct GgmlLogCapture {
+    std::string text;
+    ggml_log_callback prev_cb = nullptr;
+    void * prev_ud = nullptr;
+
+    static void on_log(ggml_log_level level, const char * msg, void * ud) {
+        auto * self = static_cast<GgmlLogCapture *>(ud);
+        if (level == GGML_LOG_LEVEL_ERROR || level == GGML_LOG_LEVEL_WARN || level == GGML_LOG_LEVEL_CONT) {
+            self->text += msg;
+        }
+    }
+    GgmlLogCapture() {
+        ggml_log_get(&prev_cb, &prev_ud);
+        ggml_log_set(&GgmlLogCapture::on_log, this);
+    }
+    ~GgmlLogCapture() { ggml_log_set(prev_cb, prev_ud); }
+
+    std::string message() const {
+        std::string s = text;
+        while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) {
+            s.pop_back();
+        }
+        return s.empty() ? std::string("invalid GGUF data") : s;
+    }
+};
+
+}  // namespace
+
+std::unique_ptr<FileData> FileData::open(const std::string & path, bool use_mmap) {
+    FdGuard fd{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+    if (fd.fd < 0) {
+        fail(RWKV_STATUS_ERROR_IO, "cannot open '%s': %s", path.c_str(), std::strerror(errno));
+    }
+    struct stat st;
+    if (fstat(fd.fd, &st) != 0) {
+        fail(RWKV_STATUS_ERROR_IO, "cannot stat '%s': %s", path.c_str(), std::strerror(errno));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        fail(RWKV_STATUS_ERROR_IO, "'%s' is not a regular file", path.c_str());
+    }
+    std::unique_ptr<FileData> f(new FileData());
+    f->size_ = static_cast<size_t>(st.st_size);
+    if (f->size_ == 0) {
+        fail(RWKV_STATUS_ERROR_FILE_FORMAT, "'%s' is empty", path.c_str());
+    }
+    if (use_mmap) {
+        void * p = mmap(nullptr, f->size_, PROT_READ, MAP_SHARED, fd.fd, 0);
+        if (p != MAP_FAILED) {
+            f->data_ = static_cast<uint8_t *>(p);
+            f->mapped_ = true;
+            return f;
+        }
+        // Fall through to reading (some file systems cannot map).
+    }
+    const size_t padded = (f->size_ + BUFFER_ALIGNMENT - 1) / BUFFER_ALIGNMENT * BUFFER_ALIGNMENT;
+    f->data_ = static_cast<uint8_t *>(std::aligned_alloc(BUFFER_ALIGNMENT, padded));
+    if (f->data_ == nullptr) {
+        fail(RWKV_STATUS_ERROR_ALLOC, "cannot allocate %zu bytes to read '%s'", f->size_, path.c_str());
+    }
+    if (!read_all(fd.fd, f->data_, f->size_)) {
+        fail(RWKV_STATUS_ERROR_IO, "cannot read '%s': %s", path.c_str(), std::strerror(errno));
+    }
+    return f;
+}
+
+FileData::~FileData() {
+    if (data_ == nullptr) {
+        return;
+    }
+    if (mapped_) {
+        munmap(data_, size_);
+    } else {
+        std::free(data_);
+    }
+}
+
+std::unique_ptr<GgufFile> GgufFile::open(const std::string & path, bool use_mmap) {
+    std::unique_ptr<GgufFile> g(new GgufFile());
+    g->path_ = path;
+    g->file_ = FileData::open(path, use_mmap);
+    const FileData & f = *g->file_;
+    if (f.size() < 4 || std::memcmp(f.data(), "GGUF", 4) != 0) {
+        uint32_t magic = 0;
+        std::memcpy(&magic, f.data(), f.size() < 4 ? f.size() : 4);
+        fail(RWKV_STATUS_ERROR_FILE_FORMAT,
+             "'%s' is not a GGUF model file (magic 0x%08x, expected 'GGUF'); "
+             "convert checkpoints with: python -m rwkv_cpp.convert", path.c_str(), magic);
+    }
+    {
+        std::lock_guard<std::mutex> lock(g_ggml_log_mutex);
+        GgmlLogCapture capture;
+        gguf_init_params params = {/*no_alloc =*/ true, /*ctx =*/ &g->meta_};
+        g->gguf_ = gguf_init_from_buffer(f.data(), f.size(), params);
+        if (g->gguf_ == nullptr) {
+            fail(RWKV_STATUS_ERROR_FILE_FORMAT, "'%s': malformed GGUF file: %s", path.c_str(),
+                 capture.message().c_str());
+        }
+    }
+    g->data_offset_ = gguf_get_data_offset(g->gguf_);
+    if (g->data_offset_ > f.size()) {
+        fail(RWKV_STATUS_ERROR_FILE_FORMAT, "'%s': data section starts past the end of the file", path.c_str());
+    }
+    return g;
+}
+
+GgufFile::~GgufFile() {
+    if (gguf_ != nullptr) {
+        gguf_free(gguf_);
+    }
+    if (meta_ != nullptr) {
+        ggml_free(meta_);
+    }
+}
+
+bool GgufFile::has_key(const char * key) const { return gguf_find_key(gguf_, key) >= 0; }
+
+static int64_t find_typed_key(gguf_context * g, const char * key, gguf_type type) {
+    const int64_t id = gguf_find_key(g, key);
+    if (id < 0) {
+        fail(RWKV_STATUS_ERROR_FILE_FORMAT, "missing metadata key '%s'", key);
+    }
+    const gguf_type found = gguf_get_kv_type(g, id);
+    if (found != type) {
+        fail(RWKV_STATUS_ERROR_FILE_FORMAT, "metadata key '%s' has type %s, expected %s", key,
+             gguf_type_name(found), gguf_type_name(type));
+    }
+    return id;
+}
+
+uint32_t GgufFile::get_u32(const char * key) const {
+    return gguf_get_val_u32(gguf_, find_typed_key(gguf_, key, GGUF_TYPE_UINT32));
+}
+
+float GgufFile::get_f32(const char * key) const {
+    return gguf_get_val_f32(gguf_, find_typed_key(gguf_, key, GGUF_TYPE_FLOAT32));
+}
+
+bool GgufFile::get_bool(const char * key) const {
+    return gguf_get_val_bool(gguf_, find_typed_key(gguf_, key, GGUF_TYPE_BOOL));
+}
+
+std::string GgufFile::get_str(const char * key) const {
+    return gguf_get_val_str(gguf_, find_typed_key(gguf_, key, GGUF_TYPE_STRING));
+}
+
+int64_t GgufFile::n_tensors() const { return gguf_get_n_tensors(gguf_); }
+
+const char * GgufFile::tensor_name(int64_t id) const { return gguf_get_tensor_name(gguf_, id); }
+
+ggml_tensor * GgufFile::find_tensor(const char * name) const { return ggml_get_tensor(meta_, name); }
+
+const uint8_t * GgufFile::tensor_data(const ggml_tensor * tensor) const {
+    const int64_t id = gguf_find_tensor(gguf_, ggml_get_name(tensor));
+    if (id < 0) {
+        fail(RWKV_STATUS_ERROR_FILE_FORMAT, "tensor '%s' is not in the file", ggml_get_name(tensor));
+    }
+    const uint64_t offset = gguf_get_tensor_offset(gguf_, id);
+    const uint64_t nbytes = ggml_nbytes(tensor);
+    const uint64_t begin = data_offset_ + offset;
+    if (offset > file_->size() || begin > file_->size() || nbytes > file_->size() - begin) {
+        fail(RWKV_STATUS_ERROR_FILE_FORMAT,
+             "tensor '%s' (%llu bytes at offset %llu) extends past the end of the file (%zu bytes): "
+             "the file is truncated", ggml_get_name(tensor), static_cast<unsigned long long>(nbytes),
+             static_cast<unsigned long long>(begin), file_->size());
+    }
+    return file_->data() + begin;
+}
+
+}  // namespace rwkv

@@ -1,0 +1,31 @@
+// Graph builders: one per RWKV version, each parameterised by the number of
+// tokens, so single-token decode and sequence prefill share one code path.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+struct ggml_context;
+struct ggml_cgraph;
+struct ggml_tensor;
+
+namespace rwkv {
+
+class Model;
+
+// Inputs and outputs of an evaluation graph.  tokens, state_in and state_out
+// are created (and allocated) by the caller; the builder sets logits.
+struct GraphIO {
+    ggml_tensor * tokens = nullptr;     // i32 [T]
+    ggml_tensor * state_in = nullptr;   // f32 [state_len]
+    ggml_tensor * state_out = nullptr;  // f32 [state_len], written by the graph
+    ggml_tensor * logits = nullptr;     // f32 [n_vocab], of the last token; null without head
+};
+
+// Upper bound of graph nodes for a model, for sizing the graph.
+size_t graph_max_nodes(const Model & model);
+
+void build_graph_v4(ggml_context * ctx, ggml_cgraph * gf, const Model & model, GraphIO & io, uint32_t n_tokens,
+                    bool with_logits);
+
+}  // namespace rwkv
