@@ -5,6 +5,8 @@
 #include "rwkv_common.h"
 #include "rwkv_context.h"
 #include "rwkv_model.h"
+#include "rwkv_quantize.h"
+#include "rwkv_tokenizer.h"
 
 #include <cstring>
 #include <new>
@@ -16,6 +18,10 @@ struct rwkv_model {
 struct rwkv_context {
     std::unique_ptr<rwkv::Context> impl;
     std::string last_error;
+};
+
+struct rwkv_tokenizer {
+    std::unique_ptr<rwkv::Tokenizer> impl;
 };
 
 namespace {
@@ -166,8 +172,80 @@ enum rwkv_status rwkv_eval_sequence(struct rwkv_context * ctx, const uint32_t * 
         return RWKV_STATUS_ERROR_INVALID_ARGUMENT;
     }
     return guarded(ctx->last_error, [&] {
-        ctx->impl->eval(tokens, n_tokens, state_in, state_out, n_state, logits_out, n_logits);
+        ctx->impl->eval(tokens, n_tokens, state_in, state_out, n_state, logits_out, n_logits, false);
     });
+}
+
+enum rwkv_status rwkv_eval_sequence_all_logits(struct rwkv_context * ctx, const uint32_t * tokens, size_t n_tokens,
+                                               const float * state_in, float * state_out, size_t n_state,
+                                               float * logits_out, size_t n_logits) {
+    if (ctx == nullptr) {
+        return RWKV_STATUS_ERROR_INVALID_ARGUMENT;
+    }
+    return guarded(ctx->last_error, [&] {
+        if (logits_out == nullptr) {
+            rwkv::fail(RWKV_STATUS_ERROR_INVALID_ARGUMENT, "logits_out is NULL");
+        }
+        ctx->impl->eval(tokens, n_tokens, state_in, state_out, n_state, logits_out, n_logits, true);
+    });
+}
+
+struct rwkv_quantize_params rwkv_quantize_default_params(void) {
+    rwkv_quantize_params p;
+    p.n_threads = 0;
+    p.quantize_head = false;
+    p.quantize_emb = false;
+    p.progress_callback = nullptr;
+    p.progress_user_data = nullptr;
+    p.error_buf = nullptr;
+    p.error_buf_size = 0;
+    return p;
+}
+
+enum rwkv_status rwkv_quantize(const char * in, const char * out, enum rwkv_type type,
+                               const struct rwkv_quantize_params * params) {
+    const rwkv_quantize_params p = params != nullptr ? *params : rwkv_quantize_default_params();
+    std::string message;
+    rwkv_status st;
+    if (in == nullptr || out == nullptr) {
+        message = "rwkv_quantize: in and out must not be NULL";
+        st = RWKV_STATUS_ERROR_INVALID_ARGUMENT;
+    } else {
+        st = guarded(message, [&] { rwkv::quantize_file(in, out, type, p); });
+    }
+    write_message(p.error_buf, p.error_buf_size, message);
+    return st;
+}
+
+enum rwkv_status rwkv_tokenizer_init(const uint8_t * data, size_t data_size, const uint32_t * lengths,
+                                     const uint32_t * ids, size_t n_tokens, struct rwkv_tokenizer ** out_tokenizer,
+                                     char * error_buf, size_t error_buf_size) {
+    if (out_tokenizer == nullptr) {
+        write_message(error_buf, error_buf_size, "rwkv_tokenizer_init: out_tokenizer must not be NULL");
+        return RWKV_STATUS_ERROR_INVALID_ARGUMENT;
+    }
+    *out_tokenizer = nullptr;
+    std::string message;
+    rwkv_tokenizer * tokenizer = nullptr;
+    const rwkv_status st = guarded(message, [&] {
+        auto impl = std::make_unique<rwkv::Tokenizer>(data, data_size, lengths, ids, n_tokens);
+        tokenizer = new rwkv_tokenizer{std::move(impl)};
+    });
+    *out_tokenizer = tokenizer;
+    write_message(error_buf, error_buf_size, message);
+    return st;
+}
+
+void rwkv_tokenizer_free(struct rwkv_tokenizer * tokenizer) { delete tokenizer; }
+
+enum rwkv_status rwkv_tokenizer_encode(const struct rwkv_tokenizer * tokenizer, const uint8_t * text, size_t n_bytes,
+                                       uint32_t * out_ids, size_t capacity, size_t * n_out) {
+    if (tokenizer == nullptr || n_out == nullptr || (text == nullptr && n_bytes > 0) ||
+        (out_ids == nullptr && capacity > 0)) {
+        return RWKV_STATUS_ERROR_INVALID_ARGUMENT;
+    }
+    *n_out = tokenizer->impl->encode(text, n_bytes, out_ids, capacity);
+    return *n_out <= capacity ? RWKV_STATUS_OK : RWKV_STATUS_ERROR_INVALID_ARGUMENT;
 }
 
 }  // extern "C"

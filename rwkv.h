@@ -86,6 +86,18 @@ struct rwkv_context_params {
     uint32_t max_chunk_tokens;     /* tokens per graph in eval_sequence; 0 = default    */
 };
 
+/* Quantization settings (rwkv_quantize_default_params gives the defaults). */
+struct rwkv_quantize_params {
+    uint32_t n_threads;            /* 0 = number of online CPUs                         */
+    bool quantize_head;            /* quantize head.weight too (default: see docs)      */
+    bool quantize_emb;             /* quantize emb.weight too (default: see docs)       */
+    /* Called after each tensor with the fraction done; return false to cancel. */
+    bool (*progress_callback)(float fraction, void * user_data);
+    void * progress_user_data;
+    char * error_buf;              /* receives the message of a failure (may be NULL)  */
+    size_t error_buf_size;
+};
+
 RWKV_API const char * rwkv_status_str(enum rwkv_status status);
 RWKV_API const char * rwkv_type_str(enum rwkv_type type);
 
@@ -160,6 +172,67 @@ RWKV_API enum rwkv_status rwkv_eval_sequence(
     size_t n_state,
     float * logits_out,
     size_t n_logits);
+
+/* Like rwkv_eval_sequence, but writes the logits of every token:
+ * logits_out holds n_tokens * n_vocab floats, token-major (n_logits must be
+ * exactly that).  For perplexity and scoring. */
+RWKV_API enum rwkv_status rwkv_eval_sequence_all_logits(
+    struct rwkv_context * ctx,
+    const uint32_t * tokens,
+    size_t n_tokens,
+    const float * state_in,
+    float * state_out,
+    size_t n_state,
+    float * logits_out,
+    size_t n_logits);
+
+RWKV_API struct rwkv_quantize_params rwkv_quantize_default_params(void);
+
+/* Writes a copy of the model file `in` with its matrices stored as `type`
+ * (1-D parameters stay FP32; see docs/QUANTIZATION.md for the policy).
+ * Streams tensor by tensor; `out` appears only when complete.  Quantizing a
+ * quantized file to another quantized type is refused.  params may be NULL. */
+RWKV_API enum rwkv_status rwkv_quantize(
+    const char * in,
+    const char * out,
+    enum rwkv_type type,
+    const struct rwkv_quantize_params * params);
+
+/* Greedy longest-match tokenizer over bytes (the RWKV "World" tokenizer):
+ * at each position the longest vocabulary entry that prefixes the rest of
+ * the input is emitted.  Immutable once made; shareable by threads. */
+struct rwkv_tokenizer;
+
+/* Makes a tokenizer of n_tokens entries.  Entry i has id ids[i] and is
+ * lengths[i] >= 1 bytes of `data`, the entries lying back to back (the
+ * lengths must sum to data_size).  Entries must be distinct and every single
+ * byte value must be an entry, so that any input can be encoded.  On failure
+ * returns a status, sets *out_tokenizer to NULL and writes a message into
+ * error_buf (if error_buf_size > 0). */
+RWKV_API enum rwkv_status rwkv_tokenizer_init(
+    const uint8_t * data,
+    size_t data_size,
+    const uint32_t * lengths,
+    const uint32_t * ids,
+    size_t n_tokens,
+    struct rwkv_tokenizer ** out_tokenizer,
+    char * error_buf,
+    size_t error_buf_size);
+
+/* Frees a tokenizer; NULL is allowed. */
+RWKV_API void rwkv_tokenizer_free(struct rwkv_tokenizer * tokenizer);
+
+/* Encodes n_bytes bytes of text (any bytes, not only UTF-8).  Sets *n_out to
+ * the number of ids; if that exceeds capacity, only the first capacity ids
+ * are written and RWKV_STATUS_ERROR_INVALID_ARGUMENT is returned (call again
+ * with *n_out ids of room).  capacity = n_bytes always suffices. */
+RWKV_API enum rwkv_status rwkv_tokenizer_encode(
+    const struct rwkv_tokenizer * tokenizer,
+    const uint8_t * text,
+    size_t n_bytes,
+    uint32_t * out_ids,
+    size_t capacity,
+    size_t * n_out);
 
 /* RWKV_CDEF_END */
 

@@ -8,6 +8,7 @@
 #include "ggml.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <thread>
 
@@ -21,12 +22,12 @@ constexpr size_t MAX_CACHED_GRAPHS = 4;
 
 }  // namespace
 
-// One built and allocated graph for a (n_tokens, with_logits) shape.  The
+// One built and allocated graph for a (n_tokens, logits mode) shape.  The
 // inputs and the output state live in their own buffer so that the graph
 // allocator never reuses them.
 struct CachedGraph {
     uint32_t n_tokens = 0;
-    bool with_logits = false;
+    LogitsMode logits = LogitsMode::NONE;
     uint64_t last_used = 0;
     ggml_context * io_ctx = nullptr;
     ggml_backend_buffer_t io_buf = nullptr;
@@ -80,10 +81,10 @@ Context::~Context() {
     if (threadpool_ != nullptr) ggml_threadpool_free(threadpool_);
 }
 
-CachedGraph & Context::graph_for(uint32_t n_tokens, bool with_logits) {
+CachedGraph & Context::graph_for(uint32_t n_tokens, LogitsMode logits) {
     ++use_counter_;
     for (auto & g : graphs_) {
-        if (g->n_tokens == n_tokens && g->with_logits == with_logits) {
+        if (g->n_tokens == n_tokens && g->logits == logits) {
             g->last_used = use_counter_;
             return *g;
         }
@@ -95,7 +96,7 @@ CachedGraph & Context::graph_for(uint32_t n_tokens, bool with_logits) {
     }
     auto g = std::make_unique<CachedGraph>();
     g->n_tokens = n_tokens;
-    g->with_logits = with_logits;
+    g->logits = logits;
     g->last_used = use_counter_;
 
     // Inputs and state output: a small context with its own buffer.
@@ -115,7 +116,7 @@ CachedGraph & Context::graph_for(uint32_t n_tokens, bool with_logits) {
                                nullptr, /*no_alloc =*/ true};
     g->ctx = ggml_init(params);
     g->gf = ggml_new_graph_custom(g->ctx, max_nodes, false);
-    build_graph_v4(g->ctx, g->gf, model_, g->io, n_tokens, with_logits);
+    build_graph_v4(g->ctx, g->gf, model_, g->io, logits);
 
     g->alloc = ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend_));
     if (!ggml_gallocr_alloc_graph(g->alloc, g->gf)) {
@@ -139,7 +140,7 @@ void Context::run_chunk(CachedGraph & g, const uint32_t * tokens, const float * 
 }
 
 void Context::check_args(const uint32_t * tokens, size_t n_tokens, const float * state_out, size_t n_state,
-                         const float * logits_out, size_t n_logits) const {
+                         const float * logits_out, size_t n_logits, size_t n_logits_expected) const {
     if (tokens == nullptr || n_tokens == 0) {
         fail(RWKV_STATUS_ERROR_INVALID_ARGUMENT, "no tokens given (n_tokens must be >= 1)");
     }
@@ -150,9 +151,9 @@ void Context::check_args(const uint32_t * tokens, size_t n_tokens, const float *
         fail(RWKV_STATUS_ERROR_INVALID_ARGUMENT, "state buffer has %zu floats, the model needs %zu", n_state,
              model_.state_len());
     }
-    if (logits_out != nullptr && n_logits != model_.hparams().n_vocab) {
-        fail(RWKV_STATUS_ERROR_INVALID_ARGUMENT, "logits buffer has %zu floats, the model needs %u", n_logits,
-             model_.hparams().n_vocab);
+    if (logits_out != nullptr && n_logits != n_logits_expected) {
+        fail(RWKV_STATUS_ERROR_INVALID_ARGUMENT, "logits buffer has %zu floats, the call needs %zu", n_logits,
+             n_logits_expected);
     }
     const uint32_t n_vocab = model_.hparams().n_vocab;
     for (size_t i = 0; i < n_tokens; ++i) {
@@ -164,16 +165,29 @@ void Context::check_args(const uint32_t * tokens, size_t n_tokens, const float *
 }
 
 void Context::eval(const uint32_t * tokens, size_t n_tokens, const float * state_in, float * state_out,
-                   size_t n_state, float * logits_out, size_t n_logits) {
-    check_args(tokens, n_tokens, state_out, n_state, logits_out, n_logits);
+                   size_t n_state, float * logits_out, size_t n_logits, bool all_logits) {
+    const size_t n_vocab = model_.hparams().n_vocab;
+    if (all_logits && n_tokens > SIZE_MAX / n_vocab) {
+        fail(RWKV_STATUS_ERROR_INVALID_ARGUMENT, "n_tokens * n_vocab overflows");
+    }
+    check_args(tokens, n_tokens, state_out, n_state, logits_out, n_logits, all_logits ? n_tokens * n_vocab : n_vocab);
     const float * cur = state_in != nullptr ? state_in : init_state_.data();
     size_t done = 0;
     CachedGraph * g = nullptr;
     while (done < n_tokens) {
         const uint32_t n = static_cast<uint32_t>(std::min<size_t>(chunk_, n_tokens - done));
         const bool last = done + n == n_tokens;
-        g = &graph_for(n, last && logits_out != nullptr);
+        LogitsMode mode = LogitsMode::NONE;
+        if (logits_out != nullptr) {
+            mode = all_logits ? LogitsMode::ALL : (last ? LogitsMode::LAST : LogitsMode::NONE);
+        }
+        g = &graph_for(n, mode);
         run_chunk(*g, tokens + done, cur);
+        if (mode == LogitsMode::ALL) {
+            std::memcpy(logits_out + done * n_vocab, g->io.logits->data, n * n_vocab * sizeof(float));
+        } else if (mode == LogitsMode::LAST) {
+            std::memcpy(logits_out, g->io.logits->data, n_vocab * sizeof(float));
+        }
         // Carry the state through a buffer of ours: the next chunk's graph
         // may evict this one from the cache.
         std::memcpy(carry_.data(), g->io.state_out->data, n_state * sizeof(float));
@@ -181,9 +195,6 @@ void Context::eval(const uint32_t * tokens, size_t n_tokens, const float * state
         done += n;
     }
     std::memcpy(state_out, carry_.data(), n_state * sizeof(float));
-    if (logits_out != nullptr) {
-        std::memcpy(logits_out, g->io.logits->data, n_logits * sizeof(float));
-    }
 }
 
 }  // namespace rwkv

@@ -27,17 +27,18 @@ public:
     Context & operator=(const Context &) = delete;
 
     // Evaluates tokens[0..n) in order (any n >= 1); see rwkv_eval_sequence.
+    // all_logits: logits_out receives n_tokens * n_vocab floats.
     void eval(const uint32_t * tokens, size_t n_tokens, const float * state_in, float * state_out, size_t n_state,
-              float * logits_out, size_t n_logits);
+              float * logits_out, size_t n_logits, bool all_logits);
 
     const Model & model() const { return model_; }
     std::string last_error;
 
 private:
-    CachedGraph & graph_for(uint32_t n_tokens, bool with_logits);
+    CachedGraph & graph_for(uint32_t n_tokens, LogitsMode logits);
     void run_chunk(CachedGraph & g, const uint32_t * tokens, const float * state_in);
     void check_args(const uint32_t * tokens, size_t n_tokens, const float * state_out, size_t n_state,
-                    const float * logits_out, size_t n_logits) const;
+                    const float * logits_out, size_t n_logits, size_t n_logits_expected) const;
 
     const Model & model_;
     uint32_t n_threads_;

@@ -61,6 +61,7 @@ public:
     const FileData & file() const { return *file_; }
     size_t data_offset() const { return data_offset_; }
     ggml_context * meta() const { return meta_; }
+    const gguf_context * gguf() const { return gguf_; }
 
 private:
     GgufFile() = default;

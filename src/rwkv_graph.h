@@ -19,13 +19,15 @@ struct GraphIO {
     ggml_tensor * tokens = nullptr;     // i32 [T]
     ggml_tensor * state_in = nullptr;   // f32 [state_len]
     ggml_tensor * state_out = nullptr;  // f32 [state_len], written by the graph
-    ggml_tensor * logits = nullptr;     // f32 [n_vocab], of the last token; null without head
+    ggml_tensor * logits = nullptr;     // f32 [n_vocab, 1] (LAST) or [n_vocab, T] (ALL); null for NONE
 };
+
+// Which logits a graph computes.
+enum class LogitsMode { NONE, LAST, ALL };
 
 // Upper bound of graph nodes for a model, for sizing the graph.
 size_t graph_max_nodes(const Model & model);
 
-void build_graph_v4(ggml_context * ctx, ggml_cgraph * gf, const Model & model, GraphIO & io, uint32_t n_tokens,
-                    bool with_logits);
+void build_graph_v4(ggml_context * ctx, ggml_cgraph * gf, const Model & model, GraphIO & io, LogitsMode logits);
 
 }  // namespace rwkv

@@ -104,8 +104,7 @@ size_t graph_max_nodes(const Model & model) {
     return NODES_PER_LAYER * model.hparams().n_layer + NODES_EXTRA;
 }
 
-void build_graph_v4(ggml_context * ctx, ggml_cgraph * gf, const Model & m, GraphIO & io, uint32_t n_tokens,
-                    bool with_logits) {
+void build_graph_v4(ggml_context * ctx, ggml_cgraph * gf, const Model & m, GraphIO & io, LogitsMode logits) {
     const HParams & hp = m.hparams();
     // x = emb[tokens]  (ln0 was applied to emb at conversion, as the official
     // loader does; files that keep ln0 apply it here)
@@ -118,16 +117,17 @@ void build_graph_v4(ggml_context * ctx, ggml_cgraph * gf, const Model & m, Graph
         x = channel_mixing(ctx, gf, m, il, x, io);
     }
     io.logits = nullptr;
-    if (with_logits) {
-        // x = F.layer_norm(x[-1], ..., ln_out) @ head
-        ggml_tensor * last = ggml_view_2d(ctx, x, hp.n_embed, 1, x->nb[1], (x->ne[1] - 1) * x->nb[1]);
-        ggml_tensor * h = layer_norm(ctx, last, m.ln_out_w, m.ln_out_b, hp.ln_eps);
+    if (logits != LogitsMode::NONE) {
+        // x = F.layer_norm(x[-1], ..., ln_out) @ head   (every x for ALL)
+        if (logits == LogitsMode::LAST) {
+            x = ggml_view_2d(ctx, x, hp.n_embed, 1, x->nb[1], (x->ne[1] - 1) * x->nb[1]);
+        }
+        ggml_tensor * h = layer_norm(ctx, x, m.ln_out_w, m.ln_out_b, hp.ln_eps);
         io.logits = ggml_mul_mat(ctx, m.head, h);
         ggml_set_name(io.logits, "logits");
         ggml_set_output(io.logits);
         ggml_build_forward_expand(gf, io.logits);
     }
-    (void) n_tokens;
 }
 
 }  // namespace rwkv

@@ -28,7 +28,12 @@ struct TensorSpec {
     int64_t ne0;
     int64_t ne1;
     ggml_tensor ** slot;
+    TensorRole role = TensorRole::VECTOR;  // derived from kind unless set
 };
+
+TensorRole role_of(const TensorSpec & s) {
+    return s.kind == Kind::VECTOR ? TensorRole::VECTOR : (s.role == TensorRole::VECTOR ? TensorRole::MATRIX : s.role);
+}
 
 bool is_matrix_type(ggml_type t) {
     switch (t) {
@@ -140,7 +145,7 @@ void Model::read_hparams() {
 
 void Model::bind_tensors_v4() {
     const int64_t D = hp_.n_embed, A = hp_.n_att, F = hp_.n_ffn, V = hp_.n_vocab;
-    std::vector<TensorSpec> specs = {{"emb.weight", Kind::MATRIX, D, V, &emb}};
+    std::vector<TensorSpec> specs = {{"emb.weight", Kind::MATRIX, D, V, &emb, TensorRole::EMBEDDING}};
     if (!hp_.emb_ln0_applied) {
         specs.push_back({"blocks.0.ln0.weight", Kind::VECTOR, D, 1, &ln0_w});
         specs.push_back({"blocks.0.ln0.bias", Kind::VECTOR, D, 1, &ln0_b});
@@ -173,7 +178,7 @@ void Model::bind_tensors_v4() {
     }
     specs.push_back({"ln_out.weight", Kind::VECTOR, D, 1, &ln_out_w});
     specs.push_back({"ln_out.bias", Kind::VECTOR, D, 1, &ln_out_b});
-    specs.push_back({"head.weight", Kind::MATRIX, D, V, &head});
+    specs.push_back({"head.weight", Kind::MATRIX, D, V, &head, TensorRole::HEAD});
 
     std::set<std::string> expected;
     for (const TensorSpec & s : specs) {
@@ -185,6 +190,7 @@ void Model::bind_tensors_v4() {
         check_tensor(t, s);
         *s.slot = t;
         expected.insert(s.name);
+        entries_.push_back({s.name, role_of(s), t});
     }
     for (int64_t i = 0; i < file_->n_tensors(); ++i) {
         const char * name = file_->tensor_name(i);

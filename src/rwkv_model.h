@@ -32,6 +32,17 @@ struct HParams {
     bool emb_ln0_applied = true;
 };
 
+// What a tensor is, for policies that treat tensors differently (which
+// matrices a quantizer may quantize).  Decided by the model's tensor table,
+// never by matching names.
+enum class TensorRole { VECTOR, EMBEDDING, MATRIX, HEAD };
+
+struct TensorEntry {
+    std::string name;
+    TensorRole role;
+    ggml_tensor * tensor;
+};
+
 // RWKV-4 state: per layer, five vectors in the official order.
 enum V4StateSlot { V4_ATT_XX = 0, V4_ATT_AA = 1, V4_ATT_BB = 2, V4_ATT_PP = 3, V4_FFN_XX = 4, V4_SLOTS = 5 };
 
@@ -62,6 +73,9 @@ public:
     ~Model();
 
     const HParams & hparams() const { return hp_; }
+    // Every tensor of the file with its role, in the model's canonical order.
+    const std::vector<TensorEntry> & tensors() const { return entries_; }
+    const GgufFile & file() const { return *file_; }
     const Logger & logger() const { return log_; }
     size_t state_len() const;
     // Offset (in floats) of a state slot of a layer.
@@ -84,6 +98,7 @@ private:
 
     HParams hp_;
     Logger log_;
+    std::vector<TensorEntry> entries_;
     std::unique_ptr<GgufFile> file_;
     ggml_backend_buffer * weights_ = nullptr;
 };

@@ -1,12 +1,14 @@
 """The ``Model`` class: a loaded RWKV model and an evaluation context."""
 
 import os
+import shutil
 import threading
 
 import numpy as np
 
 from ._lib import ffi, lib
 from .errors import InvalidArgumentError, error_for
+from .legacy import convert_to_temp, is_legacy
 
 _ERROR_BUF_SIZE = 1024
 _UINT32_MAX = 2**32 - 1
@@ -76,14 +78,20 @@ class Model:
         self._model = ffi.NULL
         self._ctx = ffi.NULL
         self._lock = threading.Lock()
+        self._temp_dir = None
         self.path = os.fspath(path)
+        load_path = self.path
+        if is_legacy(self.path):
+            # rwkv.cpp .bin: load a temporary GGUF conversion (removed on close)
+            load_path, self._temp_dir = convert_to_temp(self.path)
         errbuf = ffi.new("char[]", _ERROR_BUF_SIZE)
 
         mparams = lib.rwkv_model_default_params()
         mparams.use_mmap = bool(use_mmap)
         out_model = ffi.new("struct rwkv_model **")
-        status = lib.rwkv_model_load(os.fsencode(self.path), mparams, out_model, errbuf, _ERROR_BUF_SIZE)
+        status = lib.rwkv_model_load(os.fsencode(load_path), mparams, out_model, errbuf, _ERROR_BUF_SIZE)
         if status != lib.RWKV_STATUS_OK:
+            self.close()
             raise error_for(status, _string(errbuf))
         self._model = out_model[0]
 
@@ -116,6 +124,9 @@ class Model:
         if self._model != ffi.NULL:
             lib.rwkv_model_free(self._model)
             self._model = ffi.NULL
+        if getattr(self, "_temp_dir", None) is not None:
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
+            self._temp_dir = None
 
     @property
     def closed(self):
@@ -164,11 +175,14 @@ class Model:
                 "token must be an int, got %s" % type(token).__name__)
         return self.eval_sequence([int(token)], state, out_logits=out_logits, out_state=out_state)
 
-    def eval_sequence(self, tokens, state=None, *, out_logits=None, out_state=None, logits=True):
+    def eval_sequence(self, tokens, state=None, *, out_logits=None, out_state=None, logits=True,
+                      all_logits=False):
         """Evaluates tokens in order (any length >= 1).
 
-        Returns ``(logits_of_last_token, new_state)``; with ``logits=False``
-        the head is skipped and ``None`` is returned for the logits.
+        Returns ``(logits, new_state)``.  The logits are those of the last
+        token (``n_vocab``); with ``all_logits=True`` those of every token,
+        shape ``(n_tokens, n_vocab)``; with ``logits=False`` the head is
+        skipped and ``None`` is returned instead.
         """
         self._check_open()
         toks = _as_tokens(tokens)
@@ -179,17 +193,18 @@ class Model:
             out_state = np.empty(self.state_len, dtype=np.float32)
         _check_f32_buffer(out_state, self.state_len, "out_state")
         logits_ptr, n_logits = ffi.NULL, 0
-        if logits:
+        if logits or all_logits:
+            shape = (toks.size, self.n_vocab) if all_logits else (self.n_vocab,)
             if out_logits is None:
-                out_logits = np.empty(self.n_vocab, dtype=np.float32)
-            _check_f32_buffer(out_logits, self.n_vocab, "out_logits")
-            logits_ptr, n_logits = _ptr(out_logits), self.n_vocab
+                out_logits = np.empty(shape, dtype=np.float32)
+            _check_f32_buffer(out_logits, int(np.prod(shape)), "out_logits")
+            logits_ptr, n_logits = _ptr(out_logits), int(np.prod(shape))
         else:
             out_logits = None
+        fn = lib.rwkv_eval_sequence_all_logits if all_logits else lib.rwkv_eval_sequence
         with self._lock:
-            status = lib.rwkv_eval_sequence(
-                self._ctx, _ptr(toks, "uint32_t *"), toks.size, state_in, _ptr(out_state),
-                self.state_len, logits_ptr, n_logits)
+            status = fn(self._ctx, _ptr(toks, "uint32_t *"), toks.size, state_in, _ptr(out_state),
+                        self.state_len, logits_ptr, n_logits)
             if status != lib.RWKV_STATUS_OK:
                 raise error_for(status, _string(lib.rwkv_context_last_error(self._ctx)))
         return out_logits, out_state
@@ -197,6 +212,44 @@ class Model:
     def _check_open(self):
         if self.closed:
             raise InvalidArgumentError(lib.RWKV_STATUS_ERROR_INVALID_ARGUMENT, "the model is closed")
+
+    # -- generation and state files (rwkv_cpp.generate, rwkv_cpp.state_file) --
+
+    def generate(self, prompt, max_tokens=200, sampling=None, state=None, tokenizer=None, *, logits=None,
+                 stop_at_eos=True):
+        """Generates text after ``prompt``; returns a ``Generation``, an
+        iterator of text pieces as they become valid UTF-8.
+
+        The prompt is prefilled with ``eval_sequence`` (from ``state``, or
+        the initial state).  ``sampling``: a ``rwkv_cpp.sampling.SamplingParams``
+        (default: the official PIPELINE_ARGS defaults).  ``tokenizer``: a
+        name or ``Tokenizer`` overriding the model's.  Generation ends after
+        ``max_tokens``, at a stop token (and the tokenizer's end of text
+        unless ``stop_at_eos=False``) or a stop string.  The generation's
+        ``state`` and ``logits`` continue it: ``generate("", state=g.state,
+        logits=g.logits)``; an empty prompt needs both.
+        """
+        from .generate import generate
+
+        self._check_open()
+        return generate(self, prompt, max_tokens, sampling, state, tokenizer, logits=logits,
+                        stop_at_eos=stop_at_eos)
+
+    def save_state(self, path, state, logits=None):
+        """Writes ``state`` (and optionally the ``logits`` that go with it)
+        to a state file recording this model's shape and fingerprint."""
+        from . import state_file
+
+        state_file.save(path, self, state, logits)
+
+    def load_state(self, path, *, with_logits=False, check_fingerprint=True):
+        """The state saved in ``path`` (``(state, logits or None)`` with
+        ``with_logits=True``).  A file saved from another model raises
+        ``rwkv_cpp.state_file.StateFileError`` (a ValueError)."""
+        from . import state_file
+
+        state, logits = state_file.load(path, self, check_fingerprint)
+        return (state, logits) if with_logits else state
 
 
 def _thread_count(n_threads):

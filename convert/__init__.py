@@ -1,0 +1,49 @@
+"""rwkv_cpp.convert: torch-free converter of RWKV checkpoints to GGUF.
+
+Reads official PyTorch ``.pth`` files (safely: the pickle's code never runs)
+and ``.safetensors`` files, with official BlinkDL or Hugging Face RWKV-4
+tensor names, and writes the GGUF file the rwkv_cpp runtime loads
+(docs/FORMAT.md).  Depends on numpy and the standard library only.
+
+Command line: ``python -m rwkv_cpp.convert IN OUT [--type FP32|FP16]``.
+"""
+
+from .checkpoint import open_checkpoint, sniff_format
+from .convert import (FORMAT_VERSION, LAYER_NORM_EPSILON, ConvertSummary,
+                      convert_checkpoint, convert_file, convert_state_dict,
+                      decay_transform, emb_with_ln0, layer_norm_f64)
+from .errors import ConvertError, UnsafePickleError, UnsupportedVersionError
+from .gguf_reader import GGUFFile, GGUFTensorInfo, read_gguf
+from .gguf_writer import GGUFWriter
+from .keys import normalize_name, normalize_names
+from .model import (RWKV4Params, check_rwkv4_tensors, detect_version,
+                    infer_rwkv4_params, rwkv4_expected_shapes)
+from .pth import open_pth
+from .safetensors import open_safetensors, write_safetensors
+from .tensors import (Checkpoint, SourceTensor, bf16_bits_to_f32,
+                      f32_to_bf16_bits, round_to_bf16)
+
+
+
+def __getattr__(name):
+    """Lazy exports of :mod:`.random_model` (imported on first use, so that
+    ``python -m rwkv_cpp.convert.random_model`` runs it only once)."""
+    if name in ("make_rwkv4_state_dict", "save_safetensors"):
+        from . import random_model
+
+        return getattr(random_model, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "Checkpoint", "ConvertError", "ConvertSummary", "FORMAT_VERSION", "GGUFFile",
+    "GGUFTensorInfo", "GGUFWriter", "LAYER_NORM_EPSILON", "RWKV4Params",
+    "SourceTensor", "UnsafePickleError", "UnsupportedVersionError",
+    "bf16_bits_to_f32", "check_rwkv4_tensors", "convert_checkpoint",
+    "convert_file", "convert_state_dict", "decay_transform", "detect_version",
+    "emb_with_ln0", "f32_to_bf16_bits", "infer_rwkv4_params", "layer_norm_f64",
+    "make_rwkv4_state_dict", "normalize_name", "normalize_names",
+    "open_checkpoint", "open_pth", "open_safetensors", "read_gguf",
+    "round_to_bf16", "rwkv4_expected_shapes", "save_safetensors", "sniff_format",
+    "write_safetensors",
+]

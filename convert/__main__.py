@@ -1,0 +1,122 @@
+"""Command line: ``python -m rwkv_cpp.convert IN OUT [options]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, TextIO
+
+from .convert import convert_file
+from .errors import ConvertError
+
+DESCRIPTION = """\
+Convert an official RWKV-4 checkpoint to the GGUF file loaded by rwkv_cpp.
+
+IN may be a PyTorch .pth file written by torch.save (read without torch; the
+pickle is never executed: anything but plain tensors is refused) or a
+.safetensors file, in fp32, fp16 or bf16, with official BlinkDL tensor names
+(emb.weight, blocks.N.att.key.weight, ...) or Hugging Face RWKV-4 names
+(rwkv.blocks.N.attention.key.weight, ...).  The format is recognised from
+the file's content.
+
+At conversion the embedding gets blocks.0.ln0 applied (rounded to the
+checkpoint's dtype, as the official package does when loading) and
+time_decay is stored as -exp(time_decay).  Vectors are always FP32; --type
+chooses the storage of the matrices and the embedding.  RWKV-5/6/7
+checkpoints are recognised and refused (not supported yet).  OUT is written
+to a temporary file and renamed at the end, so a failed conversion never
+leaves a partial OUT.  The file layout is described in docs/FORMAT.md.
+"""
+
+EPILOG = """\
+examples:
+  python -m rwkv_cpp.convert RWKV-4-Pile-169M-20220807-8023.pth rwkv4-169m.gguf
+  python -m rwkv_cpp.convert model.safetensors model-f16.gguf --type FP16
+
+exit status: 0 on success, 1 if the conversion failed, 2 on a usage error."""
+
+#: minimum output size for which progress is shown on a non-terminal stderr.
+PROGRESS_MIN_BYTES = 16 << 20
+
+
+class ProgressPrinter:
+    """Progress by tensor bytes on stderr: a bar on a terminal, otherwise a
+    line every 10% (only for outputs of at least PROGRESS_MIN_BYTES)."""
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        self.last_step = -1
+
+    def __call__(self, done: int, total: int, name: str) -> None:
+        if total <= 0 or (not self.tty and total < PROGRESS_MIN_BYTES):
+            return
+        frac = done / total
+        if self.tty:
+            bar = "#" * int(frac * 30)
+            self.stream.write(f"\r[{bar:<30}] {frac * 100:5.1f}% {name[:40]:<40}")
+            if done >= total:
+                self.stream.write("\n")
+        else:
+            step = int(frac * 10)
+            if step == self.last_step:
+                return
+            self.last_step = step
+            self.stream.write(f"converting: {step * 10:3d}% "
+                              f"({done / 2**20:.1f} of {total / 2**20:.1f} MiB)\n")
+        self.stream.flush()
+
+
+TOKENIZER_CHOICES = ("20B", "world", "bytes", "none")
+
+
+def _tokenizer_choice(text: str) -> str:
+    """Case-insensitive --tokenizer value -> its canonical spelling."""
+    for choice in TOKENIZER_CHOICES:
+        if text.lower() == choice.lower():
+            return choice
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the command line."""
+    ap = argparse.ArgumentParser(prog="python -m rwkv_cpp.convert", description=DESCRIPTION,
+                                 epilog=EPILOG,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("input", metavar="IN",
+                    help="input checkpoint (.pth or .safetensors), or an rwkv.cpp .bin model (copied as stored)")
+    ap.add_argument("output", metavar="OUT", help="output GGUF file")
+    ap.add_argument("--type", dest="out_type", default=None, type=str.upper,
+                    choices=("FP32", "FP16"),
+                    help="storage type of the matrices and embedding (default FP32; "
+                         "for quantized types use python -m rwkv_cpp.quantize; not allowed for .bin inputs)")
+    ap.add_argument("--tokenizer", default=None, type=_tokenizer_choice,
+                    choices=TOKENIZER_CHOICES,
+                    help="tokenizer recorded in the file (default: inferred from the "
+                         "vocabulary size: 50277 -> 20B, 65536 -> world, 256 -> bytes, "
+                         "otherwise none)")
+    ap.add_argument("-q", "--quiet", action="store_true",
+                    help="print nothing but errors (no progress, no summary)")
+    return ap
+
+
+def main(argv: Optional[list] = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    progress = None if args.quiet else ProgressPrinter(sys.stderr)
+    try:
+        summary = convert_file(args.input, args.output, args.out_type,
+                               args.tokenizer, progress)
+    except (ConvertError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted; no output written", file=sys.stderr)
+        return 130
+    if not args.quiet:
+        print(f"{args.output}: {summary.line()}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Open an input checkpoint of any supported format, chosen by content.
+
+The format is recognised from the file's first bytes, never from its name:
+a zip archive is a ``torch.save`` checkpoint, an 8-byte length followed by
+``{`` is safetensors.  Legacy torch files and GGUF files get a clear error.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from .errors import ConvertError
+from .gguf_constants import GGUF_MAGIC
+from .legacy_bin import LEGACY_MAGIC
+from .pth import LEGACY_TORCH_MAGIC, check_not_legacy, open_pth
+from .safetensors import open_safetensors
+from .tensors import Checkpoint
+
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def sniff_format(path: str) -> str:
+    """'pth', 'safetensors' or 'rwkv_cpp_bin', from the first bytes of the file.
+
+    Raises:
+        ConvertError: legacy torch format, GGUF, or an unknown format.
+    """
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head[:4] in ZIP_MAGICS:
+        return "pth"
+    if head.startswith(LEGACY_TORCH_MAGIC):
+        check_not_legacy(path)  # raises the legacy-format error
+    if len(head) >= 4 and struct.unpack("<I", head[:4])[0] == LEGACY_MAGIC:
+        return "rwkv_cpp_bin"
+    if head[:4] == GGUF_MAGIC:
+        raise ConvertError(f"{path}: this is already a GGUF file")
+    if len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] > 1:
+        return "safetensors"
+    raise ConvertError(f"{path}: unrecognised file format (expected a torch.save "
+                       ".pth zip archive or a .safetensors file)")
+
+
+def open_checkpoint(path: str) -> Checkpoint:
+    """Open a .pth or .safetensors checkpoint; tensors load lazily.
+
+    Use as a context manager (``with open_checkpoint(p) as ckpt: ...``).
+    """
+    path = str(path)
+    fmt = sniff_format(path)
+    if fmt == "rwkv_cpp_bin":
+        raise ConvertError(f"{path}: an rwkv.cpp .bin model, not a checkpoint; convert it with "
+                           "convert_file() or python -m rwkv_cpp.convert")
+    if fmt == "pth":
+        return open_pth(path)
+    return open_safetensors(path)
