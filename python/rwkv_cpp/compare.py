@@ -1,0 +1,108 @@
+"""Compare two models' logits over one token stream: KL divergence, max-abs
+difference and top-1 agreement — the precise way to see what a quantization
+changes.
+
+    python -m rwkv_cpp.compare A B [--text FILE | --random N] [--tokenizer NAME]
+"""
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ._scoring import kl_rows
+from .model import Model
+
+
+@dataclass
+class Comparison:
+    n_tokens: int
+    kl_mean: float       # mean over positions of KL(softmax(A) || softmax(B))
+    kl_max: float
+    max_abs: float       # max |logits_A - logits_B|
+    rel_rms: float       # RMS(logits_B - logits_A) / RMS(logits_A)
+    top1_agreement: float
+
+    def line(self):
+        return ("tokens: %d  KL mean %.3e  max %.3e  max-abs %.4f  rel-RMS %.4f  top-1 agreement %.2f%%" % (
+            self.n_tokens, self.kl_mean, self.kl_max, self.max_abs, self.rel_rms, 100 * self.top1_agreement))
+
+
+def compare_logits(ref, other):
+    """Comparison of two [T, V] logit arrays (ref = A)."""
+    ref = np.asarray(ref, dtype=np.float64)
+    other = np.asarray(other, dtype=np.float64)
+    kl = kl_rows(ref, other)
+    return Comparison(
+        n_tokens=int(ref.shape[0]),
+        kl_mean=float(kl.mean()),
+        kl_max=float(kl.max()),
+        max_abs=float(np.abs(other - ref).max()),
+        rel_rms=float(np.sqrt(((other - ref) ** 2).mean() / (ref ** 2).mean())),
+        top1_agreement=float((ref.argmax(-1) == other.argmax(-1)).mean()),
+    )
+
+
+def compare_models(model_a, model_b, tokens, chunk=256):
+    """Feeds the same tokens to both models (state carried) and compares
+    the logits at every position.  Models are paths or open Models."""
+    tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+    opened = []
+
+    def _open(m):
+        if isinstance(m, Model):
+            return m
+        opened.append(Model(m))
+        return opened[-1]
+
+    try:
+        a, b = _open(model_a), _open(model_b)
+        if a.n_vocab != b.n_vocab:
+            raise ValueError("the models have different vocabularies (%d vs %d)" % (a.n_vocab, b.n_vocab))
+        la, lb, sa, sb = [], [], None, None
+        for i in range(0, tokens.size, chunk):
+            part = tokens[i:i + chunk]
+            x, sa = a.eval_sequence(part, sa, all_logits=True)
+            y, sb = b.eval_sequence(part, sb, all_logits=True)
+            la.append(x)
+            lb.append(y)
+        return compare_logits(np.concatenate(la), np.concatenate(lb))
+    finally:
+        for m in opened:
+            m.close()
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m rwkv_cpp.compare", description=__doc__.split("\n\n")[0])
+    ap.add_argument("a", help="reference model (e.g. the FP32 file)")
+    ap.add_argument("b", help="model to compare (e.g. a quantized file)")
+    src = ap.add_mutually_exclusive_group()
+    src.add_argument("--text", help="UTF-8 text file to feed (tokenized with the model's tokenizer)")
+    src.add_argument("--random", type=int, default=256, metavar="N", help="N random tokens (default)")
+    ap.add_argument("--max-tokens", type=int, default=1024)
+    ap.add_argument("--tokenizer", default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+
+    from .errors import RWKVError
+    try:
+        with Model(args.a) as a, Model(args.b) as b:
+            if args.text:
+                from .tokenizers import for_model
+                with open(args.text, encoding="utf-8") as f:
+                    tokens = for_model(a, args.tokenizer).encode(f.read())[:args.max_tokens]
+            else:
+                tokens = np.random.default_rng(args.seed).integers(0, a.n_vocab, args.random)
+            result = compare_models(a, b, tokens)
+    except (RWKVError, OSError, ValueError) as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return 1
+    print(json.dumps(asdict(result)) if args.json else result.line())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Perplexity of a model on a text file, and LAMBADA accuracy.
+
+    python -m rwkv_cpp.perplexity MODEL FILE [--tokenizer NAME] [--max-tokens N]
+    python -m rwkv_cpp.perplexity MODEL --lambada [PATH]
+
+The text is streamed through the model in chunks, the state carried from one
+chunk to the next, so any length works in constant memory.  LAMBADA is
+scored the way the RWKV model cards report it: for each passage the context
+(all but the last word, after a token 0 = <|endoftext|>) is fed, then the
+last word's tokens are scored; accuracy counts passages whose every target
+token is the model's greedy choice, perplexity is exp(mean over passages of
+the target's negative log-likelihood).
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ._progress import Progress
+from ._scoring import read_token_file, token_nll
+from .model import Model
+
+DEFAULT_CHUNK = 256
+
+
+@dataclass
+class PerplexityResult:
+    n_tokens: int          # tokens scored (all but the first)
+    cross_entropy: float   # nats per token
+    perplexity: float
+
+    def line(self):
+        return "tokens scored: %d  cross-entropy: %.4f nats/token  perplexity: %.3f" % (
+            self.n_tokens, self.cross_entropy, self.perplexity)
+
+
+@dataclass
+class LambadaResult:
+    n_passages: int
+    accuracy: float
+    perplexity: float
+
+    def line(self):
+        return "LAMBADA passages: %d  accuracy: %.2f%%  perplexity: %.3f" % (
+            self.n_passages, 100 * self.accuracy, self.perplexity)
+
+
+def perplexity(model, tokens, chunk=DEFAULT_CHUNK, progress=None):
+    """Token-level cross-entropy of ``tokens`` (each predicted from all the
+    ones before it; the first is only context)."""
+    tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+    if tokens.size < 2:
+        raise ValueError("need at least 2 tokens to measure perplexity, got %d" % tokens.size)
+    total, state, done = 0.0, None, 0
+    n_pred = tokens.size - 1
+    while done < n_pred:
+        n = min(chunk, n_pred - done)
+        logits, state = model.eval_sequence(tokens[done:done + n], state, all_logits=True)
+        total += float(token_nll(logits, tokens[done + 1:done + n + 1]).sum())
+        done += n
+        if progress:
+            progress(done / n_pred)
+    ce = total / n_pred
+    return PerplexityResult(n_pred, ce, math.exp(ce))
+
+
+def lambada_passages(path):
+    """(context, target) pairs: the target is the last word with its space."""
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                text = json.loads(line)["text"]
+                cut = text.rfind(" ")
+                yield text[:cut], text[cut:]
+
+
+def lambada(model, tokenizer, path, max_passages=None, progress=None):
+    passages = list(lambada_passages(path))[:max_passages]
+    if not passages:
+        raise ValueError("no LAMBADA passages in %s" % path)
+    nll_sum, correct = 0.0, 0
+    for i, (ctx, target) in enumerate(passages):
+        src = [0] + tokenizer.encode(ctx)
+        dst = tokenizer.encode(target)
+        logits, _ = model.eval_sequence(src + dst[:-1], all_logits=True)
+        scored = logits[len(src) - 1:]
+        nll_sum += float(token_nll(scored, np.asarray(dst)).sum())
+        correct += bool((scored.argmax(axis=-1) == np.asarray(dst)).all())
+        if progress:
+            progress((i + 1) / len(passages))
+    return LambadaResult(len(passages), correct / len(passages), math.exp(nll_sum / len(passages)))
+
+
+def default_lambada_path():
+    here = os.path.dirname(os.path.abspath(__file__))
+    for cand in (os.path.join(os.getcwd(), os.pardir, "shared", "data", "eval", "lambada_test.jsonl"),
+                 os.path.join(here, os.pardir, os.pardir, os.pardir, "shared", "data", "eval", "lambada_test.jsonl")):
+        if os.path.exists(cand):
+            return os.path.abspath(cand)
+    return None
+
+
+def _tokenizer(model, name):
+    from .tokenizers import for_model
+    return for_model(model, name)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m rwkv_cpp.perplexity",
+                                 description="Perplexity of an RWKV model on a text file, or LAMBADA accuracy.",
+                                 epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", help="model file (GGUF or rwkv.cpp .bin)")
+    ap.add_argument("file", nargs="?", help="UTF-8 text file to score")
+    ap.add_argument("--tokenizer", default=None, help="world, 20B or bytes (default: from the model's metadata)")
+    ap.add_argument("--tokens", action="store_true",
+                    help="FILE is pre-tokenized: a .npy array or whitespace-separated token ids")
+    ap.add_argument("--max-tokens", type=int, default=None, help="score only the first N tokens")
+    ap.add_argument("--lambada", nargs="?", const="", default=None, metavar="PATH",
+                    help="score LAMBADA (default path: ../shared/data/eval/lambada_test.jsonl)")
+    ap.add_argument("--max-passages", type=int, default=None, help="LAMBADA: only the first N passages")
+    ap.add_argument("--chunk", type=int, default=DEFAULT_CHUNK, help="tokens per evaluation call")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", action="store_true", help="print the result as JSON")
+    ap.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    args = ap.parse_args(argv)
+    if (args.file is None) == (args.lambada is None):
+        ap.error("give either a text FILE or --lambada")
+
+    from .errors import RWKVError
+    try:
+        with Model(args.model, n_threads=args.threads) as model:
+            bar = Progress("scoring", enabled=not args.quiet)
+            if args.lambada is not None:
+                path = args.lambada or default_lambada_path()
+                if not path or not os.path.exists(path):
+                    ap.error("LAMBADA file not found; pass --lambada PATH")
+                result = lambada(model, _tokenizer(model, args.tokenizer), path, args.max_passages, bar.update)
+            else:
+                if args.tokens:
+                    tokens = read_token_file(args.file)
+                else:
+                    with open(args.file, encoding="utf-8") as f:
+                        tokens = _tokenizer(model, args.tokenizer).encode(f.read())
+                if args.max_tokens:
+                    tokens = tokens[:args.max_tokens]
+                result = perplexity(model, tokens, args.chunk, bar.update)
+            bar.close()
+    except (RWKVError, OSError, ValueError) as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return 1
+    print(json.dumps(asdict(result)) if args.json else result.line())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
