@@ -1,0 +1,251 @@
+"""Streaming text generation, and its command line.
+
+    python -m rwkv_cpp.generate "The capital of France is" --model MODEL.gguf \\
+        [--max-tokens N --temperature T --top-p P --top-k K --seed S --tokenizer NAME]
+
+In Python, ``Model.generate`` returns a ``Generation``: iterate it for text
+pieces as they become valid UTF-8; afterwards (or at any point) its
+``state`` and ``logits`` are those after every token produced so far, so a
+later ``model.generate(more_text, state=g.state)`` (or, with no new text,
+``model.generate("", state=g.state, logits=g.logits)``) continues it.
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from . import tokenizers
+from ._defaults import default_model_path
+from .errors import RWKVError
+from .sampling import Sampler, SamplingParams
+
+#: why a generation ended (``Generation.stop_reason``)
+STOP_MAX_TOKENS = "max_tokens"
+STOP_TOKEN = "stop_token"
+STOP_STRING = "stop_string"
+
+
+class Generation:
+    """An iterator of text pieces generated after a prompt.
+
+    Attributes (updated as it runs):
+        tokens: ids generated so far (stop tokens excluded).
+        text: the text yielded so far.
+        state, logits: the model's state and next-token logits after the
+            prompt and every generated token.
+        stop_reason: None while running, then STOP_MAX_TOKENS, STOP_TOKEN
+            or STOP_STRING.
+    """
+
+    def __init__(self, model, prompt, max_tokens, sampling, state, logits, tokenizer, stop_at_eos):
+        if max_tokens < 0:
+            raise ValueError("max_tokens must be >= 0, got %d" % max_tokens)
+        self.model = model
+        self.tokenizer = tokenizers.for_model(model, tokenizer)
+        self.sampling = sampling if sampling is not None else SamplingParams()
+        self.max_tokens = int(max_tokens)
+        self.tokens = []
+        self.text = ""
+        self.stop_reason = None
+        self.prompt_tokens = self.tokenizer.encode(prompt)
+        self.state, self.logits = self._prefill(state, logits)
+        self._sampler = Sampler(self.sampling, model.n_vocab, banned_from=self.tokenizer.n_vocab)
+        self._stop_ids = set(self.sampling.token_stop)
+        if stop_at_eos and self.tokenizer.eos_id is not None:
+            self._stop_ids.add(self.tokenizer.eos_id)
+        self._pieces = self._run()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._pieces)
+
+    def read(self):
+        """Runs to the end; returns the whole generated text."""
+        for _ in self:
+            pass
+        return self.text
+
+    def _prefill(self, state, logits):
+        if self.prompt_tokens:
+            _check_prompt_ids(self.prompt_tokens, self.model, self.tokenizer)
+            logits, state = self.model.eval_sequence(self.prompt_tokens, state)
+            return state, logits
+        if state is None or logits is None:
+            raise ValueError("empty prompt: give text to start from, or continue a "
+                             "generation with state=g.state, logits=g.logits")
+        return np.array(state, dtype=np.float32), np.array(logits, dtype=np.float32)
+
+    def _run(self):
+        decoder = self.tokenizer.decoder()
+        stops = _StopMatcher(self.sampling.stop)
+        for _ in range(self.max_tokens):
+            token = self._sampler.sample(self.logits)
+            if token in self._stop_ids:
+                self.stop_reason = STOP_TOKEN
+                break
+            self._feed(token)
+            piece, stopped = stops.push(decoder.feed(token))
+            if piece:
+                self.text += piece
+                yield piece
+            if stopped:
+                self.stop_reason = STOP_STRING
+                return
+        if self.stop_reason is None:
+            self.stop_reason = STOP_MAX_TOKENS
+        rest = stops.finish(decoder.flush())
+        if rest:
+            self.text += rest
+            yield rest
+
+    def _feed(self, token):
+        """Accepts ``token``: penalties, then the model's next state and logits."""
+        self.tokens.append(token)
+        self._sampler.accept(token, self.tokenizer.decode([token]))
+        logits, state = self.model.eval(token, self.state)
+        self.state, self.logits = state, logits
+
+
+class _StopMatcher:
+    """Cuts streamed text at the first stop string, holding back any tail
+    that could be the start of one."""
+
+    def __init__(self, stops):
+        self.stops = tuple(stops)
+        self.held = ""
+
+    def push(self, piece):
+        """``(text that is safe to emit, stopped)``."""
+        text = self.held + piece
+        cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.held = ""
+            return text[:cut], True
+        keep = self._partial_tail(text)
+        self.held = text[len(text) - keep:] if keep else ""
+        return text[: len(text) - keep], False
+
+    def finish(self, piece):
+        """The rest of the text at the end (a held-back tail is emitted)."""
+        text, _ = self.push(piece)
+        text += self.held
+        self.held = ""
+        return text
+
+    def _partial_tail(self, text):
+        """Length of the longest suffix of ``text`` that is a proper prefix of a stop string."""
+        best = 0
+        for stop in self.stops:
+            for n in range(min(len(stop) - 1, len(text)), best, -1):
+                if text.endswith(stop[:n]):
+                    best = n
+                    break
+        return best
+
+
+def _check_prompt_ids(ids, model, tokenizer):
+    too_big = max(ids)
+    if too_big >= model.n_vocab:
+        raise ValueError("the %s tokenizer gave id %d, beyond the model's vocabulary (%d)"
+                         % (tokenizer.name, too_big, model.n_vocab))
+
+
+def generate(model, prompt, max_tokens=200, sampling=None, state=None, tokenizer=None, *, logits=None,
+             stop_at_eos=True):
+    """A ``Generation`` (see ``Model.generate``)."""
+    return Generation(model, prompt, max_tokens, sampling, state, logits, tokenizer, stop_at_eos)
+
+
+# ---------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------
+
+
+def add_sampling_arguments(parser, temperature=1.0, top_p=0.85):
+    group = parser.add_argument_group("sampling")
+    group.add_argument("--temperature", type=float, default=temperature, help="0 = greedy (default %(default)s)")
+    group.add_argument("--top-p", type=float, default=top_p, help="nucleus mass (default %(default)s)")
+    group.add_argument("--top-k", type=int, default=0, help="keep the k most probable tokens; 0 = all")
+    group.add_argument("--presence-penalty", type=float, default=0.2, help="alpha_presence (default %(default)s)")
+    group.add_argument("--frequency-penalty", type=float, default=0.2, help="alpha_frequency (default %(default)s)")
+    group.add_argument("--penalty-decay", type=float, default=0.996, help="alpha_decay (default %(default)s)")
+    group.add_argument("--seed", type=int, default=None, help="random seed (default: fresh)")
+
+
+def sampling_from_args(args, stop=()):
+    return SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                          alpha_presence=args.presence_penalty, alpha_frequency=args.frequency_penalty,
+                          alpha_decay=args.penalty_decay, stop=tuple(stop), seed=args.seed)
+
+
+def add_model_arguments(parser):
+    parser.add_argument("--model", help="model file (.gguf or rwkv.cpp .bin)")
+    parser.add_argument("--tokenizer", help="override the model's tokenizer: %s"
+                        % ", ".join(tokenizers.NAMES))
+    parser.add_argument("--threads", type=int, default=None, help="compute threads (default: all CPUs)")
+
+
+def resolve_model_path(args):
+    """``--model``, else the default model; None (after a message) if neither."""
+    path = args.model or default_model_path()
+    if path is None:
+        print("error: no model: pass --model PATH (a .gguf file; convert official "
+              "checkpoints with python -m rwkv_cpp.convert)", file=sys.stderr)
+    return path
+
+
+def argument_text(arg):
+    """A command-line argument as text; undecodable bytes become U+FFFD."""
+    raw = os.fsencode(arg)
+    text = raw.decode("utf-8", errors="replace")
+    if text != arg:
+        print("warning: invalid UTF-8 in the prompt was replaced by U+FFFD", file=sys.stderr)
+    return text
+
+
+def use_replacing_stdout():
+    """Lets stdout print any text (unencodable characters are replaced)."""
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="replace")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m rwkv_cpp.generate", description="Generate text from a prompt.")
+    parser.add_argument("prompt", help="the prompt ('-': read it from stdin)")
+    add_model_arguments(parser)
+    parser.add_argument("--max-tokens", type=int, default=200, help="tokens to generate (default %(default)s)")
+    parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    add_sampling_arguments(parser)
+    args = parser.parse_args(argv)
+    use_replacing_stdout()
+    if args.prompt == "-":
+        prompt = sys.stdin.buffer.read().decode("utf-8", errors="replace")
+    else:
+        prompt = argument_text(args.prompt)
+    path = resolve_model_path(args)
+    if path is None:
+        return 2
+    from .model import Model
+
+    try:
+        sampling = sampling_from_args(args, args.stop)
+        with Model(path, n_threads=args.threads) as model:
+            generation = model.generate(prompt, max_tokens=args.max_tokens, sampling=sampling,
+                                        tokenizer=args.tokenizer)
+            sys.stdout.write(prompt)
+            for piece in generation:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+    except (ValueError, OSError, RWKVError) as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
