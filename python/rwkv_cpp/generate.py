@@ -183,7 +183,7 @@ def sampling_from_args(args, stop=()):
 
 
 def add_model_arguments(parser):
-    parser.add_argument("--model", help="model file (.gguf or rwkv.cpp .bin)")
+    parser.add_argument("--model", help="model file (.gguf or rwkv.cpp .bin); default: the bundled demo model")
     parser.add_argument("--tokenizer", help="override the model's tokenizer: %s"
                         % ", ".join(tokenizers.NAMES))
     parser.add_argument("--threads", type=int, default=None, help="compute threads (default: all CPUs)")

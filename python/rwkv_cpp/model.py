@@ -7,7 +7,7 @@ import threading
 import numpy as np
 
 from ._lib import ffi, lib
-from .errors import InvalidArgumentError, error_for
+from .errors import InvalidArgumentError, ModelIOError, error_for
 from .legacy import convert_to_temp, is_legacy
 
 _ERROR_BUF_SIZE = 1024
@@ -113,6 +113,16 @@ class Model:
         self.type = _string(lib.rwkv_type_str(lib.rwkv_model_type(self._model)))
         self.state_len = int(lib.rwkv_model_state_len(self._model))
         self.n_threads = int(cparams.n_threads)
+
+    @classmethod
+    def default(cls, n_threads=None, **kwargs):
+        """Opens the demo model bundled with the package: a small RWKV-4
+        trained on Shakespeare (models/MODEL_CARD.md), 20B tokenizer."""
+        from ._defaults import bundled_model_path
+        path = bundled_model_path()
+        if path is None:
+            raise ModelIOError(lib.RWKV_STATUS_ERROR_IO, "the bundled demo model is missing from this installation")
+        return cls(path, n_threads=n_threads, **kwargs)
 
     # -- lifetime -----------------------------------------------------------
 
