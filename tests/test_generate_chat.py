@@ -258,9 +258,16 @@ def test_generate_cli(model_dir):
     assert result.stdout.decode("utf-8") == "Hello" + expected + "\n"
 
 
+def test_no_model_message(monkeypatch, capsys):
+    """Without --model and without a bundled model: a clear message."""
+    import argparse
+    from rwkv_cpp import generate
+    monkeypatch.setattr(generate, "default_model_path", lambda: None)
+    assert generate.resolve_model_path(argparse.Namespace(model=None)) is None
+    assert "no model: pass --model PATH" in capsys.readouterr().err
+
+
 def test_generate_cli_errors(model_dir):
-    result = run_module("rwkv_cpp.generate", ["Hello"])
-    assert result.returncode == 2 and b"no model: pass --model PATH" in result.stderr
     result = run_module("rwkv_cpp.generate", ["Hello", "--model", str(model_dir / "bytes.gguf"),
                                               "--tokenizer", "nope", "--threads", "1"])
     assert result.returncode == 1 and b"unknown tokenizer 'nope'" in result.stderr
@@ -389,6 +396,7 @@ def test_chat_program_over_stdin(model_dir, tmp_path):
         assert model.load_state(tmp_path / "talk.state", with_logits=True)[1] is not None
 
 
-def test_chat_program_without_model():
-    result = run_module("rwkv_cpp.chat", [], stdin=b"hi\n")
-    assert result.returncode == 2 and b"no model" in result.stderr
+def test_chat_program_without_model_uses_the_bundled_one():
+    result = run_module("rwkv_cpp.chat", ["--threads", "1", "--max-tokens", "8"], stdin=b"hi\n")
+    assert result.returncode == 0, result.stderr
+    assert b"rwkv4-shakespeare" in result.stdout
