@@ -82,7 +82,16 @@ def persona_for(tokenizer_name, user=None, bot=None, intro=None):
 
 
 def peak_rss_mib():
-    """Peak resident memory of this process, in MiB."""
+    """Peak resident memory of this process, in MiB.  On Linux VmHWM of
+    /proc/self/status (ru_maxrss would include the peak of a parent that
+    forked us before exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024  # bytes vs KiB
 
