@@ -25,30 +25,9 @@ ggml_tensor * state_view(ggml_context * ctx, ggml_tensor * state, size_t offset,
     return ggml_view_1d(ctx, state, n, offset * sizeof(float));
 }
 
-// sx = torch.cat((sx.unsqueeze(0), xx[:-1,:])): the previous token of each
-// column; the first column takes the state's x_prev.
-ggml_tensor * token_shift(ggml_context * ctx, ggml_tensor * xx, ggml_tensor * x_prev) {
-    const int64_t D = xx->ne[0], T = xx->ne[1];
-    ggml_tensor * first = ggml_reshape_2d(ctx, x_prev, D, 1);
-    if (T == 1) {
-        return first;
-    }
-    ggml_tensor * rest = ggml_view_2d(ctx, xx, D, T - 1, xx->nb[1], 0);
-    return ggml_concat(ctx, first, rest, 1);
-}
-
-// xx * mix + sx * (1 - mix), computed as sx + (xx - sx) * mix (diff = xx - sx)
-ggml_tensor * mix(ggml_context * ctx, ggml_tensor * sx, ggml_tensor * diff, ggml_tensor * mu) {
-    return ggml_add(ctx, sx, ggml_mul(ctx, diff, mu));
-}
-
-// Column T-1 of a [D, T] tensor.
-ggml_tensor * last_column(ggml_context * ctx, ggml_tensor * x) {
-    return ggml_view_1d(ctx, x, x->ne[0], (x->ne[1] - 1) * x->nb[1]);
-}
-
-void store(ggml_context * ctx, ggml_cgraph * gf, ggml_tensor * src, ggml_tensor * state_out, size_t offset) {
-    ggml_build_forward_expand(gf, ggml_cpy(ctx, src, state_view(ctx, state_out, offset, ggml_nelements(src))));
+// Column block m (T columns) of a [D, n*T] tensor.
+ggml_tensor * column_block(ggml_context * ctx, ggml_tensor * t, int64_t m, int64_t T) {
+    return ggml_view_2d(ctx, t, t->ne[0], T, t->nb[1], m * T * t->nb[1]);
 }
 
 // Time mixing (attention) of one layer; returns x + att(x).
@@ -56,28 +35,28 @@ ggml_tensor * time_mixing(ggml_context * ctx, ggml_cgraph * gf, const Model & m,
                           GraphIO & io) {
     const LayerV4 & l = m.layers[il];
     const HParams & hp = m.hparams();
-    // xx = F.layer_norm(x, ..., ln1); sx = cat(state_xx, xx[:-1])
-    ggml_tensor * xx = layer_norm(ctx, x, l.ln1_w, l.ln1_b, hp.ln_eps);
-    ggml_tensor * sx = token_shift(ctx, xx, state_view(ctx, io.state_in, m.v4_state_offset(il, V4_ATT_XX), hp.n_embed));
-    ggml_tensor * diff = ggml_sub(ctx, xx, sx);
-    // kx, vx, rx = xx * time_mix_{k,v,r} + sx * (1 - time_mix_{k,v,r})
-    ggml_tensor * kx = mix(ctx, sx, diff, l.att_mix_k);
-    ggml_tensor * vx = mix(ctx, sx, diff, l.att_mix_v);
-    ggml_tensor * rx = mix(ctx, sx, diff, l.att_mix_r);
-    // r = sigmoid(rx @ rw); k = kx @ kw; v = vx @ vw
-    ggml_tensor * r = ggml_sigmoid(ctx, ggml_mul_mat(ctx, l.att_r, rx));
-    ggml_tensor * k = ggml_mul_mat(ctx, l.att_k, kx);
-    ggml_tensor * v = ggml_mul_mat(ctx, l.att_v, vx);
-    // wkv and the new (aa, bb, pp): the max-exponent recurrence (rwkv_ops)
-    ggml_tensor * aa_bb_pp = state_view(ctx, io.state_in, m.v4_state_offset(il, V4_ATT_AA), 3 * hp.n_att);
-    ggml_tensor * wkv_all = wkv4(ctx, k, v, l.att_first, l.att_decay, aa_bb_pp);
-    const int64_t A = hp.n_att, T = x->ne[1];
-    ggml_tensor * wkv = ggml_view_2d(ctx, wkv_all, A, T, wkv_all->nb[1], 0);
-    ggml_tensor * new_state = ggml_view_1d(ctx, wkv_all, 3 * A, T * wkv_all->nb[1]);
-    store(ctx, gf, new_state, io.state_out, m.v4_state_offset(il, V4_ATT_AA));
-    store(ctx, gf, last_column(ctx, xx), io.state_out, m.v4_state_offset(il, V4_ATT_XX));
-    // x + (r * wkv) @ ow
-    return ggml_add(ctx, x, ggml_mul_mat(ctx, l.att_o, ggml_mul(ctx, r, wkv)));
+    const int64_t T = x->ne[1];
+    // xx = F.layer_norm(x, ln1); sx = cat(state_xx, xx[:-1]);
+    // kx, vx, rx = xx * time_mix_{k,v,r} + sx * (1 - time_mix_{k,v,r})   (one fused node)
+    ggml_tensor * mixes[] = {l.att_mix_k, l.att_mix_v, l.att_mix_r};
+    const size_t xx_off = m.v4_state_offset(il, V4_ATT_XX);
+    ggml_tensor * kvr = ln_shift_mix(ctx, x, l.ln1_w, l.ln1_b, state_view(ctx, io.state_in, xx_off, hp.n_embed),
+                                     state_view(ctx, io.state_out, xx_off, hp.n_embed), mixes, 3, &hp.ln_eps);
+    // k = kx @ kw; v = vx @ vw; r = rx @ rw
+    ggml_tensor * k = ggml_mul_mat(ctx, l.att_k, column_block(ctx, kvr, 0, T));
+    ggml_tensor * v = ggml_mul_mat(ctx, l.att_v, column_block(ctx, kvr, 1, T));
+    ggml_tensor * r = ggml_mul_mat(ctx, l.att_r, column_block(ctx, kvr, 2, T));
+    // sigmoid(r) * wkv, and the new (aa, bb, pp): the max-exponent recurrence
+    const size_t aa_off = m.v4_state_offset(il, V4_ATT_AA);
+    ggml_tensor * rwkv = wkv4_gated(ctx, k, v, r, l.att_first, l.att_decay,
+                                    state_view(ctx, io.state_in, aa_off, 3 * hp.n_att),
+                                    state_view(ctx, io.state_out, aa_off, 3 * hp.n_att));
+    // The fused nodes write the new state as a side effect: keep them in the
+    // graph even where nothing consumes their output.
+    ggml_build_forward_expand(gf, kvr);
+    ggml_build_forward_expand(gf, rwkv);
+    // x + (sigmoid(r) * wkv) @ ow
+    return ggml_add(ctx, x, ggml_mul_mat(ctx, l.att_o, rwkv));
 }
 
 // Channel mixing (FFN) of one layer; returns x + ffn(x).
@@ -85,17 +64,17 @@ ggml_tensor * channel_mixing(ggml_context * ctx, ggml_cgraph * gf, const Model &
                              GraphIO & io) {
     const LayerV4 & l = m.layers[il];
     const HParams & hp = m.hparams();
-    // xx = F.layer_norm(x, ..., ln2); sx = cat(state_xx, xx[:-1])
-    ggml_tensor * xx = layer_norm(ctx, x, l.ln2_w, l.ln2_b, hp.ln_eps);
-    ggml_tensor * sx = token_shift(ctx, xx, state_view(ctx, io.state_in, m.v4_state_offset(il, V4_FFN_XX), hp.n_embed));
-    ggml_tensor * diff = ggml_sub(ctx, xx, sx);
-    ggml_tensor * kx = mix(ctx, sx, diff, l.ffn_mix_k);
-    ggml_tensor * rx = mix(ctx, sx, diff, l.ffn_mix_r);
-    store(ctx, gf, last_column(ctx, xx), io.state_out, m.v4_state_offset(il, V4_FFN_XX));
-    // r = sigmoid(rx @ rw); vx = relu(kx @ kw) ** 2; x + r * (vx @ vw)
-    ggml_tensor * r = ggml_sigmoid(ctx, ggml_mul_mat(ctx, l.ffn_r, rx));
-    ggml_tensor * vx = ggml_sqr(ctx, ggml_relu(ctx, ggml_mul_mat(ctx, l.ffn_k, kx)));
-    return ggml_add(ctx, x, ggml_mul(ctx, r, ggml_mul_mat(ctx, l.ffn_v, vx)));
+    const int64_t T = x->ne[1];
+    // xx = F.layer_norm(x, ln2); sx = cat(state_xx, xx[:-1]); kx, rx = mixes   (one fused node)
+    ggml_tensor * mixes[] = {l.ffn_mix_k, l.ffn_mix_r};
+    const size_t xx_off = m.v4_state_offset(il, V4_FFN_XX);
+    ggml_tensor * kr = ln_shift_mix(ctx, x, l.ln2_w, l.ln2_b, state_view(ctx, io.state_in, xx_off, hp.n_embed),
+                                    state_view(ctx, io.state_out, xx_off, hp.n_embed), mixes, 2, &hp.ln_eps);
+    ggml_build_forward_expand(gf, kr);  // writes the state (see time_mixing)
+    // vx = relu(kx @ kw) ** 2; x + sigmoid(rx @ rw) * (vx @ vw)
+    ggml_tensor * vx = relu_sq(ctx, ggml_mul_mat(ctx, l.ffn_k, column_block(ctx, kr, 0, T)));
+    ggml_tensor * r = ggml_mul_mat(ctx, l.ffn_r, column_block(ctx, kr, 1, T));
+    return gated_residual(ctx, x, r, ggml_mul_mat(ctx, l.ffn_v, vx));
 }
 
 }  // namespace

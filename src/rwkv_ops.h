@@ -1,4 +1,13 @@
 // Custom ggml operations of rwkv_cpp (CPU kernels) and their graph wrappers.
+//
+// ggml synchronises all threads after every graph node, so chains of small
+// element-wise nodes cost more in barriers than in arithmetic (one RWKV-4
+// layer was 37 nodes).  These fused operations do one block's element-wise
+// work in one node.  Two of them also write their part of the new recurrent
+// state straight into the graph's output-state buffer (passed as an extra
+// source): that buffer is owned by the context, never read by the graph and
+// never touched by the graph allocator, so the side effect is safe and saves
+// a copy node per state slot.
 #pragma once
 
 struct ggml_context;
@@ -6,18 +15,36 @@ struct ggml_tensor;
 
 namespace rwkv {
 
-// RWKV-4 WKV over a sequence, with the numerically stable max-exponent state.
-//   k, v   : [A, T] f32, contiguous (one column per token)
-//   first  : [A] time_first (u), decay: [A] = -exp(time_decay) (w)
-//   state  : [3A] = (aa, bb, pp), contiguous
-// Returns [A, T + 3]: columns 0..T-1 are wkv per token, columns T..T+2 the new
-// aa, bb, pp.
-ggml_tensor * wkv4(ggml_context * ctx, ggml_tensor * k, ggml_tensor * v, ggml_tensor * first,
-                   ggml_tensor * decay, ggml_tensor * state);
+constexpr int LN_SHIFT_MIX_MAX = 3;
 
-// The scalar kernel behind wkv4, over channels [c0, c1) (exposed for tests
-// and for the reference comparison).
-void wkv4_kernel(int n_channels, int n_tokens, int c0, int c1, const float * k, const float * v,
-                 const float * first, const float * decay, const float * state_in, float * out);
+// Fused pre-norm, token shift and mixes of an RWKV-4 block:
+//   xx = F.layer_norm(x, w, b, eps)                 (per column of x [D, T])
+//   sx = cat(x_prev, xx[:, :-1])                    (previous token's xx)
+//   out[:, m*T + t] = sx_t + (xx_t - sx_t) * mix_m  (= xx*mix + sx*(1-mix))
+// for the n_mix mix vectors; returns [D, n_mix*T].  Writes xx[:, T-1] into
+// x_prev_out.  eps must outlive the graph (it is read at compute time).
+ggml_tensor * ln_shift_mix(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, ggml_tensor * b,
+                           ggml_tensor * x_prev, ggml_tensor * x_prev_out, ggml_tensor * const * mixes, int n_mix,
+                           const float * eps);
+
+// RWKV-4 WKV over a sequence with the max-exponent state, gated by the
+// receptance:
+//   k, v, r : [A, T] f32 (contiguous), first: [A] time_first (u),
+//   decay   : [A] = -exp(time_decay) (w),
+//   state_in: [3A] = (aa, bb, pp); state_out: [3A] receives the new state.
+// Returns [A, T]: sigmoid(r) * wkv.
+ggml_tensor * wkv4_gated(ggml_context * ctx, ggml_tensor * k, ggml_tensor * v, ggml_tensor * r, ggml_tensor * first,
+                         ggml_tensor * decay, ggml_tensor * state_in, ggml_tensor * state_out);
+
+// torch.relu(x) ** 2
+ggml_tensor * relu_sq(ggml_context * ctx, ggml_tensor * x);
+
+// x + torch.sigmoid(r) * v   (all of one shape)
+ggml_tensor * gated_residual(ggml_context * ctx, ggml_tensor * x, ggml_tensor * r, ggml_tensor * v);
+
+// The scalar WKV-4 kernel over channels [c0, c1): writes out (gated by
+// sigmoid(r) when r is not null) and the new (aa, bb, pp) into state_out.
+void wkv4_kernel(int n_channels, int n_tokens, int c0, int c1, const float * k, const float * v, const float * r,
+                 const float * first, const float * decay, const float * state_in, float * out, float * state_out);
 
 }  // namespace rwkv

@@ -1,0 +1,177 @@
+"""Speed of rwkv_cpp on random-weight RWKV-4 models of the 169M, 430M and
+1.5B shapes: decode ms/token against the memory-bandwidth floor, prefill
+tokens/s at 128 and 512 tokens, peak RSS and load time, per format.
+
+    python bench/bench_speed.py [--models 169m 430m 1.5b] [--types FP16 Q8_0 Q5_1 Q4_0]
+                                [--threads 2] [--procs 3] [--smoke]
+
+Method:
+1. models are generated once (official key names, random weights, numpy;
+   no torch), converted to FP16 GGUF and quantized; cached in bench/cache/;
+2. bench/membw.c measures the read bandwidth with the same thread count;
+   floor = weight bytes one token reads (every matrix but the embedding, one
+   embedding row, the vectors) / bandwidth;
+3. correctness before timing: each format's logits against the FP16 file's
+   on 16 tokens (KL divergence, printed);
+4. every measurement runs in a fresh worker process (load time, first-token
+   time and peak RSS are per process); decode = 32 tokens after 8 warm-up
+   tokens; medians over --procs processes, min-max shown; prefill = one
+   eval_sequence of 128 and of 512 tokens (best of 2 in each process).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+BENCH = Path(__file__).resolve().parent
+CACHE = BENCH / "cache"
+SHAPES = {"169m": (12, 768), "430m": (24, 1024), "1.5b": (24, 2048), "smoke": (2, 64)}
+N_VOCAB = 50277
+
+
+def ggml_build():
+    import libggml
+    lib = Path(libggml.__file__).parent
+    return "native build (libggml/lib)" if (lib / "lib").exists() else "prebuilt AVX2 wheel (libggml/lib64)"
+
+
+def model_files(name, types, vocab):
+    """{type: path}, generating and converting what is missing."""
+    from rwkv_cpp.convert import convert_state_dict, make_rwkv4_state_dict
+    from rwkv_cpp.quantize import quantize
+    CACHE.mkdir(exist_ok=True)
+    n_layer, n_embed = SHAPES[name]
+    base = CACHE / ("speed-rwkv4-%s" % name)
+    f16 = Path("%s-FP16.gguf" % base)
+    if not f16.exists():
+        print("generating and converting %s (L%d D%d) ..." % (name, n_layer, n_embed), flush=True)
+        convert_state_dict(make_rwkv4_state_dict(vocab, n_embed, n_layer, seed=0), str(f16), "FP16")
+    out = {}
+    for t in types:
+        path = f16 if t == "FP16" else Path("%s-%s.gguf" % (base, t))
+        if not path.exists():
+            print("quantizing %s ..." % path.name, flush=True)
+            quantize(f16, path, t)
+        out[t] = path
+    return out
+
+
+def bytes_per_token(path):
+    from rwkv_cpp.convert import read_gguf
+    g = read_gguf(str(path))
+    total = 0
+    for name, info in g.tensors.items():
+        if name == "emb.weight":
+            total += info.nbytes // info.ne[1]
+        else:
+            total += info.nbytes
+    return total
+
+
+def bandwidth(threads, mib=1024, runs=10):
+    binary = CACHE / "membw"
+    src = BENCH / "membw.c"
+    if not binary.exists() or binary.stat().st_mtime < src.stat().st_mtime:
+        subprocess.run([os.environ.get("CC", "cc"), "-O3", "-march=native", "-pthread", "-o", str(binary), str(src)],
+                       check=True)
+    out = subprocess.run([str(binary), str(threads), str(mib), str(runs)], check=True, capture_output=True,
+                         text=True).stdout
+    return float(out.split("median_gbs=")[1].split()[0])
+
+
+def worker(path, threads, decode_tokens, check_ref):
+    """Runs in a child process: prints one JSON line."""
+    import time
+    t0 = time.perf_counter()
+    import rwkv_cpp
+    m = rwkv_cpp.Model(path, n_threads=threads)
+    t_load = time.perf_counter() - t0
+    rng = np.random.default_rng(1)
+    toks = rng.integers(0, m.n_vocab, 600).astype(np.uint32)
+    t1 = time.perf_counter()
+    logits, state = m.eval(int(toks[0]))
+    t_first = time.perf_counter() - t1
+    res = {"load_s": t_load, "first_token_s": t_first}
+    if check_ref:
+        res["check_logits"] = m.eval_sequence(toks[:16])[0].tolist()
+    for tok in toks[1:9]:
+        logits, state = m.eval(int(tok), state, out_state=state)
+    t2 = time.perf_counter()
+    for tok in toks[9:9 + decode_tokens]:
+        logits, state = m.eval(int(tok), state, out_state=state, out_logits=logits)
+    res["decode_ms"] = 1e3 * (time.perf_counter() - t2) / decode_tokens
+    for n in (128, 512):
+        best = 0.0
+        for _ in range(2):
+            t3 = time.perf_counter()
+            m.eval_sequence(toks[:n], logits=False)
+            best = max(best, n / (time.perf_counter() - t3))
+        res["prefill_%d" % n] = best
+    with open("/proc/self/status") as f:
+        res["rss_mib"] = next(int(l.split()[1]) for l in f if l.startswith("VmHWM")) / 1024
+    print("RESULT " + json.dumps(res), flush=True)
+
+
+def run_worker(path, threads, decode_tokens, check):
+    out = subprocess.run([sys.executable, __file__, "--worker", str(path), "--threads", str(threads),
+                          "--decode-tokens", str(decode_tokens)] + (["--check"] if check else []),
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out.split("RESULT ", 1)[1])
+
+
+def kl(ref, other):
+    from rwkv_cpp._scoring import kl_rows
+    return float(kl_rows(np.asarray(ref)[None], np.asarray(other)[None])[0])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", default=["169m", "430m", "1.5b"])
+    ap.add_argument("--types", nargs="+", default=["FP16", "Q8_0", "Q5_1", "Q4_0"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--procs", type=int, default=3)
+    ap.add_argument("--decode-tokens", type=int, default=32)
+    ap.add_argument("--smoke", action="store_true", help="tiny model, one process: checks the bench runs")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--check", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        return worker(args.worker, args.threads, args.decode_tokens, args.check)
+    if args.smoke:
+        args.models, args.procs, args.decode_tokens = ["smoke"], 1, 4
+    bw = bandwidth(args.threads, 64, 2) if args.smoke else bandwidth(args.threads)
+    print("\n%s, %s, %d threads, ggml: %s, read bandwidth %.1f GB/s (median)" % (
+        datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), platform.processor() or platform.machine(),
+        args.threads, ggml_build(), bw), flush=True)
+    print("| model | type | file MiB | KL vs FP16 | decode ms/token (min-max) | floor ms | % of floor | "
+          "prefill 128 tok/s | prefill 512 tok/s | peak RSS MiB | load s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name in args.models:
+        files = model_files(name, args.types, 256 if name == "smoke" else N_VOCAB)
+        ref = None
+        for t in args.types:
+            runs = [run_worker(files[t], args.threads, args.decode_tokens, check=(i == 0))
+                    for i in range(args.procs)]
+            if t == "FP16":
+                ref = runs[0]["check_logits"]
+            dec = [r["decode_ms"] for r in runs]
+            floor = bytes_per_token(files[t]) / (bw * 1e9) * 1e3
+            med = statistics.median(dec)
+            print("| %s | %s | %.0f | %s | %.2f (%.2f-%.2f) | %.2f | %.0f%% | %.0f | %.0f | %.0f | %.3f |" % (
+                name, t, files[t].stat().st_size / 2**20,
+                "%.1e" % kl(ref, runs[0]["check_logits"]) if ref is not None else "-",
+                med, min(dec), max(dec), floor, 100 * floor / med,
+                statistics.median(r["prefill_128"] for r in runs), statistics.median(r["prefill_512"] for r in runs),
+                max(r["rss_mib"] for r in runs), statistics.median(r["load_s"] for r in runs)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
