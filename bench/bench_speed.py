@@ -77,6 +77,7 @@ def bytes_per_token(path):
 
 
 def bandwidth(threads, mib=1024, runs=10):
+    CACHE.mkdir(exist_ok=True)
     binary = CACHE / "membw"
     src = BENCH / "membw.c"
     if not binary.exists() or binary.stat().st_mtime < src.stat().st_mtime:
