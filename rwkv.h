@@ -119,7 +119,7 @@ RWKV_API void rwkv_model_free(struct rwkv_model * model);
 RWKV_API uint32_t rwkv_model_n_vocab(const struct rwkv_model * model);
 RWKV_API uint32_t rwkv_model_n_embed(const struct rwkv_model * model);
 RWKV_API uint32_t rwkv_model_n_layer(const struct rwkv_model * model);
-/* Architecture version as written in the file: "4", later "5.0" ... "7.0". */
+/* Architecture version as written in the file: "4", "5.0", "5.1", "5.2", "6.0" or "7.0". */
 RWKV_API const char * rwkv_model_version(const struct rwkv_model * model);
 /* Tokenizer name recorded in the file ("20B", "world", "bytes") or "". */
 RWKV_API const char * rwkv_model_tokenizer(const struct rwkv_model * model);
@@ -129,7 +129,8 @@ RWKV_API size_t rwkv_model_state_len(const struct rwkv_model * model);
 /* Number of floats of logits (= n_vocab). */
 RWKV_API size_t rwkv_model_logits_len(const struct rwkv_model * model);
 
-/* Writes the initial state (v4: zeros, and -1e30 in the max-exponent slots). */
+/* Writes the initial state (v4: zeros, and -1e30 in the max-exponent slots;
+ * v5, v6, v7: zeros).  Layouts: docs/FORMAT.md. */
 RWKV_API enum rwkv_status rwkv_state_init(
     const struct rwkv_model * model,
     float * state,

@@ -1,9 +1,9 @@
 """rwkv_cpp.convert: torch-free converter of RWKV checkpoints to GGUF.
 
 Reads official PyTorch ``.pth`` files (safely: the pickle's code never runs)
-and ``.safetensors`` files, with official BlinkDL or Hugging Face RWKV-4
-tensor names, and writes the GGUF file the rwkv_cpp runtime loads
-(docs/FORMAT.md).  Depends on numpy and the standard library only.
+and ``.safetensors`` files of RWKV-4, 5.0/5.1/5.2, 6.0 and 7.0, with official
+BlinkDL (or, for RWKV-4, Hugging Face) tensor names, and writes the GGUF file
+the rwkv_cpp runtime loads (docs/FORMAT.md).  Depends on numpy and the standard library only.
 
 Command line: ``python -m rwkv_cpp.convert IN OUT [--type FP32|FP16]``.
 """
@@ -16,8 +16,10 @@ from .errors import ConvertError, UnsafePickleError, UnsupportedVersionError
 from .gguf_reader import GGUFFile, GGUFTensorInfo, read_gguf
 from .gguf_writer import GGUFWriter
 from .keys import normalize_name, normalize_names
-from .model import (RWKV4Params, check_rwkv4_tensors, detect_version,
-                    infer_rwkv4_params, rwkv4_expected_shapes)
+from .model import (RWKV4Params, WkvParams, check_rwkv4_tensors, check_wkv_tensors,
+                    detect_version, infer_rwkv4_params, infer_wkv_params,
+                    rwkv4_expected_shapes)
+from .plan_wkv import LN_X_EPSILON
 from .pth import open_pth
 from .safetensors import open_safetensors, write_safetensors
 from .tensors import (Checkpoint, SourceTensor, bf16_bits_to_f32,
@@ -28,7 +30,8 @@ from .tensors import (Checkpoint, SourceTensor, bf16_bits_to_f32,
 def __getattr__(name):
     """Lazy exports of :mod:`.random_model` (imported on first use, so that
     ``python -m rwkv_cpp.convert.random_model`` runs it only once)."""
-    if name in ("make_rwkv4_state_dict", "save_safetensors"):
+    if name in ("make_rwkv4_state_dict", "make_rwkv5_state_dict", "make_rwkv6_state_dict",
+                "make_rwkv7_state_dict", "make_state_dict", "save_safetensors"):
         from . import random_model
 
         return getattr(random_model, name)
@@ -37,12 +40,14 @@ def __getattr__(name):
 
 __all__ = [
     "Checkpoint", "ConvertError", "ConvertSummary", "FORMAT_VERSION", "GGUFFile",
-    "GGUFTensorInfo", "GGUFWriter", "LAYER_NORM_EPSILON", "RWKV4Params",
+    "GGUFTensorInfo", "GGUFWriter", "LAYER_NORM_EPSILON", "LN_X_EPSILON", "RWKV4Params",
     "SourceTensor", "UnsafePickleError", "UnsupportedVersionError",
-    "bf16_bits_to_f32", "check_rwkv4_tensors", "convert_checkpoint",
+    "WkvParams", "bf16_bits_to_f32", "check_rwkv4_tensors", "check_wkv_tensors",
+    "convert_checkpoint",
     "convert_file", "convert_state_dict", "decay_transform", "detect_version",
-    "emb_with_ln0", "f32_to_bf16_bits", "infer_rwkv4_params", "layer_norm_f64",
-    "make_rwkv4_state_dict", "normalize_name", "normalize_names",
+    "emb_with_ln0", "f32_to_bf16_bits", "infer_rwkv4_params", "infer_wkv_params",
+    "layer_norm_f64", "make_rwkv4_state_dict", "make_rwkv5_state_dict",
+    "make_rwkv6_state_dict", "make_rwkv7_state_dict", "make_state_dict", "normalize_name", "normalize_names",
     "open_checkpoint", "open_pth", "open_safetensors", "read_gguf",
     "round_to_bf16", "rwkv4_expected_shapes", "save_safetensors", "sniff_format",
     "write_safetensors",

@@ -10,22 +10,23 @@ from .convert import convert_file
 from .errors import ConvertError
 
 DESCRIPTION = """\
-Convert an official RWKV-4 checkpoint to the GGUF file loaded by rwkv_cpp.
+Convert an official RWKV-4, 5.0/5.1/5.2, 6.0 or 7.0 checkpoint to the GGUF
+file loaded by rwkv_cpp.
 
 IN may be a PyTorch .pth file written by torch.save (read without torch; the
 pickle is never executed: anything but plain tensors is refused) or a
 .safetensors file, in fp32, fp16 or bf16, with official BlinkDL tensor names
 (emb.weight, blocks.N.att.key.weight, ...) or Hugging Face RWKV-4 names
-(rwkv.blocks.N.attention.key.weight, ...).  The format is recognised from
-the file's content.
+(rwkv.blocks.N.attention.key.weight, ...).  The format and the RWKV version
+are recognised from the file's content.
 
-At conversion the embedding gets blocks.0.ln0 applied (rounded to the
-checkpoint's dtype, as the official package does when loading) and
-time_decay is stored as -exp(time_decay).  Vectors are always FP32; --type
-chooses the storage of the matrices and the embedding.  RWKV-5/6/7
-checkpoints are recognised and refused (not supported yet).  OUT is written
-to a temporary file and renamed at the end, so a failed conversion never
-leaves a partial OUT.  The file layout is described in docs/FORMAT.md.
+At conversion the embedding gets blocks.0.ln0 applied (as the official
+package does when loading: rounded to the checkpoint's dtype, except for
+RWKV-7) and the decays get the official load-time transforms.  Vectors are
+always FP32; --type chooses the storage of the matrices and the embedding.
+OUT is written to a temporary file and renamed at the end, so a failed
+conversion never leaves a partial OUT.  The file layout and every transform
+are described in docs/FORMAT.md.
 """
 
 EPILOG = """\
@@ -95,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="tokenizer recorded in the file (default: inferred from the "
                          "vocabulary size: 50277 -> 20B, 65536 -> world, 256 -> bytes, "
                          "otherwise none)")
+    ap.add_argument("--ln-x-eps", type=float, default=None, metavar="EPS",
+                    help="RWKV-5/6/7: epsilon of the ln_x GroupNorm recorded in the file (default 64e-5, "
+                         "the official value; the rwkv.cpp 5.x test fixtures need 1e-5)")
     ap.add_argument("-q", "--quiet", action="store_true",
                     help="print nothing but errors (no progress, no summary)")
     return ap
@@ -106,7 +110,7 @@ def main(argv: Optional[list] = None) -> int:
     progress = None if args.quiet else ProgressPrinter(sys.stderr)
     try:
         summary = convert_file(args.input, args.output, args.out_type,
-                               args.tokenizer, progress)
+                               args.tokenizer, progress, args.ln_x_eps)
     except (ConvertError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,4 +1,4 @@
-"""Convert an official RWKV-4 checkpoint to the rwkv_cpp GGUF file.
+"""Convert an official RWKV-4/5/6/7 checkpoint to the rwkv_cpp GGUF file.
 
 Pipeline: open the checkpoint (lazy tensors) -> normalise names -> detect
 the version once from all names -> infer hyper-parameters and check every
@@ -21,22 +21,20 @@ from .errors import ConvertError
 from .gguf_constants import GGMLType
 from .gguf_writer import GGUFWriter
 from .keys import normalize_tensors
-from .model import (RWKV4Params, check_rwkv4_tensors, detect_version,
-                    infer_rwkv4_params, require_rwkv4)
-from .tensors import Checkpoint, SourceTensor, raw_to_f32, round_to_bf16
+from .model import (RWKV4Params, check_rwkv4_tensors, check_wkv_tensors, detect_version,
+                    infer_rwkv4_params, infer_wkv_params)
+from .plan_wkv import LN_X_EPSILON, add_wkv_metadata, plan_wkv
+from .tensors import Checkpoint, SourceTensor
+from .transforms import (FORMAT_VERSION, LAYER_NORM_EPSILON,  # noqa: F401 (re-exported)
+                         OutTensor, decay_transform, emb_with_ln0, layer_norm_f64,  # noqa: F401
+                         matrix_of, to_matrix_type, vector_of)
 
-#: value of the GGUF key rwkv.format_version written by this converter.
-FORMAT_VERSION = 1
-#: epsilon of every LayerNorm in RWKV-4 (torch's default, used by BlinkDL).
-LAYER_NORM_EPSILON = 1e-5
 #: enum rwkv_type of rwkv.h -> (general.file_type, ggml type of matrices).
 OUTPUT_TYPES = {"FP32": (0, GGMLType.F32), "FP16": (1, GGMLType.F16)}
 #: --tokenizer choices -> value of rwkv.tokenizer.
 TOKENIZERS = {"20b": "20B", "world": "world", "bytes": "bytes", "none": ""}
 #: vocabulary size -> tokenizer assumed when none is given.
 DEFAULT_TOKENIZER_BY_VOCAB = {50277: "20B", 65536: "world", 256: "bytes"}
-#: rows of the embedding layer-normalised at a time (bounds float64 memory).
-EMB_CHUNK_ROWS = 4096
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -56,33 +54,19 @@ class ConvertSummary:
     n_tensors: int
     bytes_written: int
     source_format: str
+    n_head: int = 0       # RWKV-5 and later
+    head_size: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     def line(self) -> str:
         """A one-line human summary."""
+        heads = f"n_head={self.n_head} head_size={self.head_size} " if self.n_head else ""
         return (f"RWKV-{self.version} {self.type}: n_vocab={self.n_vocab} "
                 f"n_embed={self.n_embed} n_layer={self.n_layer} n_att={self.n_att} "
-                f"n_ffn={self.n_ffn} tokenizer={self.tokenizer or 'none'}, "
+                f"n_ffn={self.n_ffn} {heads}tokenizer={self.tokenizer or 'none'}, "
                 f"{self.n_tensors} tensors, {self.bytes_written / 2**20:.1f} MiB written")
-
-
-@dataclass
-class OutTensor:
-    """One tensor of the output file; ``produce`` computes its data."""
-
-    name: str
-    shape: tuple
-    ggml_type: GGMLType
-    produce: Callable[[], np.ndarray]
-
-    @property
-    def nbytes(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n * (4 if self.ggml_type == GGMLType.F32 else 2)
 
 
 def resolve_output_type(out_type: str):
@@ -107,85 +91,7 @@ def resolve_tokenizer(tokenizer: Optional[str], n_vocab: int) -> str:
     return TOKENIZERS[key]
 
 
-# -- transforms ------------------------------------------------------------
-
-def layer_norm_f64(x: np.ndarray, weight: np.ndarray, bias: np.ndarray,
-                   eps: float = LAYER_NORM_EPSILON) -> np.ndarray:
-    """LayerNorm over the last axis in float64 (biased variance, as torch)."""
-    x = np.asarray(x, dtype=np.float64)
-    centered = x - x.mean(axis=-1, keepdims=True)
-    var = np.mean(centered * centered, axis=-1, keepdims=True)
-    return centered / np.sqrt(var + eps) * weight.astype(np.float64) + bias.astype(np.float64)
-
-
-def round_like_source(values: np.ndarray, dtype: str) -> np.ndarray:
-    """Round float32 values to the source dtype's precision (kept float32).
-
-    The official package computes ``F.layer_norm(emb)`` in the checkpoint's
-    dtype, so a bf16 (fp16) checkpoint's embedding is bf16 (fp16)-rounded.
-    """
-    if dtype == "BF16":
-        return round_to_bf16(values)
-    if dtype == "F16":
-        with np.errstate(over="ignore"):
-            return values.astype(np.float16).astype(np.float32)
-    return values
-
-
-def emb_with_ln0(emb: SourceTensor, ln0_w: SourceTensor, ln0_b: SourceTensor) -> np.ndarray:
-    """``LayerNorm(emb)`` with blocks.0.ln0, as float32 rounded like ``emb``.
-
-    Computed exactly (float64) then rounded once to float32 and, for a
-    bf16/fp16 source, to bf16/fp16: the value the official loader gets.
-    Works in blocks of rows so the float64 temporaries stay small.
-    """
-    raw = emb.raw()
-    weight, bias = ln0_w.to_f32().reshape(-1), ln0_b.to_f32().reshape(-1)
-    out = np.empty(raw.shape, dtype=np.float32)
-    for start in range(0, raw.shape[0], EMB_CHUNK_ROWS):
-        rows = slice(start, start + EMB_CHUNK_ROWS)
-        normed = layer_norm_f64(raw_to_f32(raw[rows], emb.dtype), weight, bias)
-        out[rows] = round_like_source(normed.astype(np.float32), emb.dtype)
-    return out
-
-
-def decay_transform(time_decay: np.ndarray) -> np.ndarray:
-    """``-exp(time_decay)`` as float32, the official ``-torch.exp(w.float())``.
-
-    Stored pre-transformed so the runtime's WKV uses it directly (w < 0).
-    The input is taken as float32; exp is evaluated in float64 and rounded
-    once to float32, i.e. the correctly rounded float32 exp.  torch's float32
-    exp agrees with that on ~99% of inputs (1 ulp off otherwise), while
-    numpy's float32 exp agrees on only ~60%.
-    """
-    w = np.asarray(time_decay, dtype=np.float32).astype(np.float64)
-    with np.errstate(over="ignore"):
-        return (-np.exp(w)).astype(np.float32)
-
-
-def to_matrix_type(name: str, data: np.ndarray, ggml_type: GGMLType) -> np.ndarray:
-    """float32 -> the matrix storage type; refuses values that overflow FP16."""
-    data = np.asarray(data, dtype=np.float32)
-    if ggml_type == GGMLType.F32:
-        return data
-    with np.errstate(over="ignore"):
-        half = data.astype(np.float16)  # round to nearest even
-    bad = ~np.isfinite(half) & np.isfinite(data)
-    if bad.any():
-        raise ConvertError(f"tensor '{name}': values up to {np.abs(data).max():g} "
-                           "overflow FP16 (max 65504); convert with --type FP32")
-    return half
-
-
 # -- plan ------------------------------------------------------------------
-
-def _vector(src: SourceTensor, length: int) -> Callable[[], np.ndarray]:
-    return lambda: src.to_f32().reshape(length)
-
-
-def _matrix(src: SourceTensor, ggml_type: GGMLType) -> Callable[[], np.ndarray]:
-    return lambda: to_matrix_type(src.name, src.to_f32(), ggml_type)
-
 
 def plan_rwkv4(tensors: Mapping[str, SourceTensor], hp: RWKV4Params,
                matrix_type: GGMLType) -> List[OutTensor]:
@@ -199,27 +105,27 @@ def plan_rwkv4(tensors: Mapping[str, SourceTensor], hp: RWKV4Params,
     for i in range(hp.n_layer):
         p = f"blocks.{i}."
         for name in ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias"):
-            plan.append(OutTensor(p + name, (D,), F32, _vector(t[p + name], D)))
+            plan.append(OutTensor(p + name, (D,), F32, vector_of(t[p + name], D)))
         decay = t[p + "att.time_decay"]
         plan.append(OutTensor(p + "att.time_decay", (A,), F32,
                               lambda s=decay: decay_transform(s.to_f32().reshape(A))))
         plan.append(OutTensor(p + "att.time_first", (A,), F32,
-                              _vector(t[p + "att.time_first"], A)))
+                              vector_of(t[p + "att.time_first"], A)))
         for name in ("att.time_mix_k", "att.time_mix_v", "att.time_mix_r"):
-            plan.append(OutTensor(p + name, (D,), F32, _vector(t[p + name], D)))
+            plan.append(OutTensor(p + name, (D,), F32, vector_of(t[p + name], D)))
         for name in ("att.key.weight", "att.value.weight", "att.receptance.weight",
                      "att.output.weight"):
             plan.append(OutTensor(p + name, t[p + name].shape, matrix_type,
-                                  _matrix(t[p + name], matrix_type)))
+                                  matrix_of(t[p + name], matrix_type)))
         for name in ("ffn.time_mix_k", "ffn.time_mix_r"):
-            plan.append(OutTensor(p + name, (D,), F32, _vector(t[p + name], D)))
+            plan.append(OutTensor(p + name, (D,), F32, vector_of(t[p + name], D)))
         for name in ("ffn.key.weight", "ffn.receptance.weight", "ffn.value.weight"):
             plan.append(OutTensor(p + name, t[p + name].shape, matrix_type,
-                                  _matrix(t[p + name], matrix_type)))
+                                  matrix_of(t[p + name], matrix_type)))
     for name in ("ln_out.weight", "ln_out.bias"):
-        plan.append(OutTensor(name, (D,), F32, _vector(t[name], D)))
+        plan.append(OutTensor(name, (D,), F32, vector_of(t[name], D)))
     plan.append(OutTensor("head.weight", t["head.weight"].shape, matrix_type,
-                          _matrix(t["head.weight"], matrix_type)))
+                          matrix_of(t["head.weight"], matrix_type)))
     return plan
 
 
@@ -302,23 +208,46 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
+def _check_ln_x_eps(ln_x_eps: Optional[float], version: str) -> float:
+    """The ln_x GroupNorm epsilon to record: the official 64e-5 unless given."""
+    if ln_x_eps is None:
+        return LN_X_EPSILON
+    if version == "4":
+        raise ConvertError("--ln-x-eps applies to RWKV-5 and later (ln_x is their GroupNorm); "
+                           "this is an RWKV-4 checkpoint")
+    if not 0.0 < float(ln_x_eps) < 1.0:
+        raise ConvertError(f"--ln-x-eps must lie in (0, 1), got {ln_x_eps}")
+    return float(ln_x_eps)
+
+
 def convert_checkpoint(ckpt: Checkpoint, dst: str, out_type: str = "FP32",
                        tokenizer: Optional[str] = None,
-                       progress: Optional[ProgressFn] = None) -> ConvertSummary:
+                       progress: Optional[ProgressFn] = None,
+                       ln_x_eps: Optional[float] = None) -> ConvertSummary:
     """Convert an open :class:`Checkpoint` to a GGUF file at ``dst``."""
     type_name, file_type, matrix_type = resolve_output_type(out_type)
     tensors = normalize_tensors(ckpt.tensors)
     shapes = {name: t.shape for name, t in tensors.items()}
     version = detect_version(shapes)
-    require_rwkv4(version)
-    hp = infer_rwkv4_params(shapes)
-    check_rwkv4_tensors(shapes, hp)
+    eps = _check_ln_x_eps(ln_x_eps, version)
+    if version == "4":
+        hp = infer_rwkv4_params(shapes)
+        check_rwkv4_tensors(shapes, hp)
+        plan = plan_rwkv4(tensors, hp, matrix_type)
+        n_att, n_head, head_size = hp.n_att, 0, 0
+    else:
+        hp = infer_wkv_params(version, shapes)
+        check_wkv_tensors(shapes, hp)
+        plan = plan_wkv(tensors, hp, matrix_type)
+        n_att, n_head, head_size = hp.n_embed, hp.n_head, hp.head_size
     tok = resolve_tokenizer(tokenizer, hp.n_vocab)
-    plan = plan_rwkv4(tensors, hp, matrix_type)
 
     def write(f) -> int:
         writer = GGUFWriter(f)
-        add_rwkv4_metadata(writer, hp, file_type, tok)
+        if version == "4":
+            add_rwkv4_metadata(writer, hp, file_type, tok)
+        else:
+            add_wkv_metadata(writer, hp, file_type, tok, eps)
         for out in plan:
             writer.add_tensor_info(out.name, out.shape, out.ggml_type)
         writer.write_header()
@@ -326,15 +255,17 @@ def convert_checkpoint(ckpt: Checkpoint, dst: str, out_type: str = "FP32",
         return writer.finish()
 
     written = write_file_atomically(str(dst), write)
-    return ConvertSummary(version, hp.n_vocab, hp.n_embed, hp.n_layer, hp.n_att,
-                          hp.n_ffn, type_name, tok, len(plan), written, ckpt.format)
+    return ConvertSummary(version, hp.n_vocab, hp.n_embed, hp.n_layer, n_att,
+                          hp.n_ffn, type_name, tok, len(plan), written, ckpt.format,
+                          n_head, head_size)
 
 
 def convert_file(src: str, dst: str, out_type: Optional[str] = None,
                  tokenizer: Optional[str] = None,
-                 progress: Optional[ProgressFn] = None) -> ConvertSummary:
-    """Convert an official RWKV-4 ``.pth`` or ``.safetensors`` file (or an
-    rwkv.cpp ``.bin`` model, copied as stored) to GGUF.
+                 progress: Optional[ProgressFn] = None,
+                 ln_x_eps: Optional[float] = None) -> ConvertSummary:
+    """Convert an official RWKV-4/5/6/7 ``.pth`` or ``.safetensors`` file (or
+    an rwkv.cpp ``.bin`` model, copied as stored) to GGUF.
 
     Args:
         src: input checkpoint (format recognised from its content).
@@ -345,13 +276,17 @@ def convert_file(src: str, dst: str, out_type: Optional[str] = None,
         tokenizer: ``'20B'``, ``'world'``, ``'bytes'``, ``'none'``; None
             infers it from n_vocab (50277: 20B, 65536: world, 256: bytes).
         progress: optional ``progress(done_bytes, total_bytes, tensor_name)``.
+        ln_x_eps: RWKV-5/6/7 only: the epsilon of the ln_x GroupNorm to
+            record in the file (default: 64e-5, the official value).  Only
+            for models made with another value (the rwkv.cpp 5.x test
+            fixtures used 1e-5; docs/FORMAT.md).
 
     Returns:
         a :class:`ConvertSummary`.
 
     Raises:
         ConvertError: unreadable/unsafe/invalid input, with a clear message;
-            UnsupportedVersionError (a subclass) for RWKV-5/6/7 checkpoints.
+            UnsupportedVersionError (a subclass) for unsupported file versions.
         OSError: the input cannot be opened or the output cannot be written.
     """
     src, dst = str(src), str(dst)
@@ -364,17 +299,18 @@ def convert_file(src: str, dst: str, out_type: Optional[str] = None,
             raise ConvertError(f"{src}: rwkv.cpp .bin files are converted as stored; leave out --type "
                                "and change the type afterwards with python -m rwkv_cpp.quantize")
         from .legacy_bin import legacy_to_gguf
-        return legacy_to_gguf(src, dst, tokenizer, progress)
+        return legacy_to_gguf(src, dst, tokenizer, progress, ln_x_eps)
     if out_type is None:
         out_type = "FP32"
     with open_checkpoint(src) as ckpt:
-        return convert_checkpoint(ckpt, dst, out_type, tokenizer, progress)
+        return convert_checkpoint(ckpt, dst, out_type, tokenizer, progress, ln_x_eps)
 
 
 def convert_state_dict(state_dict: Mapping[str, np.ndarray], dst: str,
                        out_type: str = "FP32", tokenizer: Optional[str] = None,
-                       progress: Optional[ProgressFn] = None) -> ConvertSummary:
+                       progress: Optional[ProgressFn] = None,
+                       ln_x_eps: Optional[float] = None) -> ConvertSummary:
     """Convert an in-memory state dict of numpy arrays (e.g. a random model
     from :mod:`.random_model`) to a GGUF file; float32 sources, no rounding."""
     return convert_checkpoint(Checkpoint.from_arrays(state_dict), dst, out_type,
-                              tokenizer, progress)
+                              tokenizer, progress, ln_x_eps)

@@ -8,7 +8,9 @@ shape[dim_count]`` (ggml order, i.e. reversed PyTorch shape), the key
 tensors and stores RWKV-4's ``time_decay`` as ``-exp(time_decay)`` (which is
 what our GGUF stores too); ``emb.weight`` is stored without ln0, so the GGUF
 we write keeps ``blocks.0.ln0.*`` and sets ``rwkv.emb_ln0_applied = false``
-(the runtime applies ln0 in the graph, in fp32, as rwkv.cpp does).
+(the runtime applies ln0 in the graph, in fp32, as rwkv.cpp does).  RWKV-5,
+6 and 7 files are reshaped to our layout (docs/FORMAT.md, "Files imported
+from rwkv.cpp"): their LoRA matrices are already stored (out, in) as ours.
 
 Quantized blocks of version 101 are ggml's current Q4_0/Q4_1/Q5_0/Q5_1/Q8_0
 layouts and are copied byte for byte.  Version 100 quantized files use an
@@ -158,19 +160,6 @@ def _infer_tokenizer(n_vocab: int) -> str:
     return {50277: "20B", 65536: "world", 256: "bytes"}.get(n_vocab, "")
 
 
-def _check_rwkv4(lf: LegacyFile) -> Tuple[int, int]:
-    """Version check from the whole key set; returns (n_att, n_ffn)."""
-    from .model import detect_version
-
-    version = detect_version({t.name: t.shape for t in lf.tensors})
-    if version != "4":
-        raise UnsupportedVersionError(
-            f"{lf.path}: RWKV-{version} rwkv.cpp file detected; rwkv_cpp currently loads RWKV-4 only")
-    n_att = lf.tensor("blocks.0.att.key.weight").shape[0]
-    n_ffn = lf.tensor("blocks.0.ffn.key.weight").shape[0]
-    return n_att, n_ffn
-
-
 def _read_data(f, t: LegacyTensor) -> np.ndarray:
     f.seek(t.offset)
     raw = f.read(t.nbytes)
@@ -183,45 +172,177 @@ def _read_data(f, t: LegacyTensor) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8)
 
 
+@dataclass
+class _Out:
+    """One tensor of the GGUF we write: name, PyTorch shape, type, and a
+    function of the open .bin file producing its data."""
+
+    name: str
+    shape: Tuple[int, ...]
+    ggml_type: GGMLType
+    produce: Callable[[object], np.ndarray]
+    nbytes: int
+
+
+def _as_stored(t: LegacyTensor, shape: Optional[Tuple[int, ...]] = None, vector: bool = False) -> _Out:
+    """A tensor copied as stored, optionally reshaped (same elements).
+    Vectors stored F16 are widened to F32 (exact; the runtime keeps vectors F32)."""
+    shape = tuple(shape or t.shape)
+    if int(np.prod(shape)) != int(np.prod(t.shape)):
+        raise ConvertError(f"tensor '{t.name}' of shape {t.shape} cannot be viewed as {shape}")
+    if t.ggml_type == GGMLType.F32 or (vector and t.ggml_type == GGMLType.F16):
+        return _Out(t.name, shape, GGMLType.F32,
+                    lambda f: _read_data(f, t).astype(np.float32).reshape(shape), 4 * int(np.prod(shape)))
+    if vector:
+        raise ConvertError(f"tensor '{t.name}': a parameter vector stored as {t.ggml_type.name}")
+    if t.ggml_type == GGMLType.F16:
+        return _Out(t.name, shape, t.ggml_type, lambda f: _read_data(f, t).reshape(shape), t.nbytes)
+    return _Out(t.name, shape, t.ggml_type, lambda f: _read_data(f, t), t.nbytes)
+
+
+def _vector_f32(t: LegacyTensor, name: str, shape: Tuple[int, ...],
+                fn: Callable[[np.ndarray], np.ndarray]) -> _Out:
+    """An F32 tensor computed from a stored F32/F16 one."""
+    if t.ggml_type not in (GGMLType.F32, GGMLType.F16):
+        raise ConvertError(f"tensor '{t.name}': expected F32 or F16 data, found {t.ggml_type.name}")
+    return _Out(name, shape, GGMLType.F32,
+                lambda f: np.ascontiguousarray(fn(_read_data(f, t).astype(np.float32)), dtype=np.float32),
+                4 * int(np.prod(shape)))
+
+
+def _wkv_params(lf: LegacyFile, version: str):
+    """Hyper-parameters of an RWKV-5/6/7 rwkv.cpp file, from its shapes."""
+    from .model import WkvParams
+
+    head_from = {"6.0": "blocks.0.att.time_faaaa", "7.0": "blocks.0.att.r_k"}.get(version, "blocks.0.att.time_decay")
+    n_head = lf.tensor(head_from).shape[0]
+    if n_head <= 0 or lf.n_embed % n_head != 0:
+        raise ConvertError(f"{lf.path}: {n_head} heads do not divide n_embed = {lf.n_embed}")
+    lora = ()
+    names = {t.name for t in lf.tensors}
+    if version == "6.0":
+        lora = (("time_mix", lf.tensor("blocks.0.att.time_maa_w1").shape[0] // 5),
+                ("time_decay", lf.tensor("blocks.0.att.time_decay_w1").shape[0]))
+    elif version == "7.0":
+        v_layers = [i for i in range(lf.n_layer) if f"blocks.{i}.att.v1" in names]
+        lora = (("decay", lf.tensor("blocks.0.att.w1").shape[0]), ("a", lf.tensor("blocks.0.att.a1").shape[0]),
+                ("v", lf.tensor(f"blocks.{v_layers[0]}.att.v1").shape[0] if v_layers else 0),
+                ("gate", lf.tensor("blocks.0.att.g1").shape[0]))
+    n_ffn = lf.tensor("blocks.0.ffn.key.weight").shape[0]
+    return WkvParams(version, lf.n_vocab, lf.n_embed, lf.n_layer, n_ffn, n_head, lf.n_embed // n_head, lora)
+
+
+#: the six token-shift vectors rwkv.cpp concatenates into att.x_rwkvag (RWKV-7).
+_V7_MIXES = ("x_r", "x_w", "x_k", "x_v", "x_a", "x_g")
+
+
+def _wkv_outputs(lf: LegacyFile, hp) -> List[_Out]:
+    """Our tensors from an RWKV-5/6/7 rwkv.cpp file: the inverse of rwkv.cpp's
+    converter transforms where ours differ (docs/FORMAT.md)."""
+    D, H, N = hp.n_embed, hp.n_head, hp.head_size
+    outs: List[_Out] = []
+    for t in lf.tensors:
+        leaf = t.name.rsplit(".", 1)[-1]
+        if t.name.endswith("att.x_rwkvag"):  # (6, 1, D) -> x_r, x_w, x_k, x_v, x_a, x_g
+            prefix = t.name[: -len("x_rwkvag")]
+            outs += [_vector_f32(t, prefix + m, (D,), lambda a, i=i: a.reshape(6, D)[i]) for i, m in enumerate(_V7_MIXES)]
+        elif hp.version.startswith("5") and leaf in ("time_decay", "time_first", "time_faaaa"):
+            # stored exp(-exp(decay)) / exp(time_first) / time_faaaa, (H, 1, 1) or (H, N, 1):
+            # ours is the same value per channel, (H, N), named time_faaaa for the bonus
+            name = t.name.replace("time_first", "time_faaaa")
+            outs.append(_vector_f32(t, name, (H, N), lambda a: np.broadcast_to(a.reshape(H, -1), (H, N))))
+        elif leaf in ("time_faaaa", "r_k"):
+            outs.append(_as_stored(t, (H, N), vector=True))
+        elif hp.version == "6.0" and leaf == "time_decay":
+            outs.append(_as_stored(t, (D,), vector=True))  # stored (H, N, 1); ours as in the checkpoint
+        elif [d for d in t.shape if d != 1] == [D]:
+            outs.append(_as_stored(t, (D,), vector=True))  # (D), (1, D), (1, 1, D)
+        else:
+            outs.append(_as_stored(t))
+    return outs
+
+
+def _v4_outputs(lf: LegacyFile) -> List[_Out]:
+    return [_Out(t.name, t.shape, t.ggml_type, lambda f, t=t: _read_data(f, t), t.nbytes) for t in lf.tensors]
+
+
+def _ln_x_eps(ln_x_eps: Optional[float], version: str) -> float:
+    from .plan_wkv import LN_X_EPSILON
+
+    if ln_x_eps is None:
+        return LN_X_EPSILON
+    if version == "4":
+        raise ConvertError("--ln-x-eps applies to RWKV-5 and later; this is an RWKV-4 file")
+    if not 0.0 < float(ln_x_eps) < 1.0:
+        raise ConvertError(f"--ln-x-eps must lie in (0, 1), got {ln_x_eps}")
+    return float(ln_x_eps)
+
+
+def _add_v4_metadata(w: GGUFWriter, lf: LegacyFile, tok: str) -> Tuple[int, int]:
+    n_att = lf.tensor("blocks.0.att.key.weight").shape[0]
+    n_ffn = lf.tensor("blocks.0.ffn.key.weight").shape[0]
+    w.add_string("general.architecture", "rwkv4")
+    w.add_u32("general.alignment", w.alignment)
+    w.add_u32("general.file_type", lf.file_type)
+    w.add_u32("rwkv.format_version", 1)
+    w.add_string("rwkv.version", "4")
+    for key, value in (("n_vocab", lf.n_vocab), ("n_embed", lf.n_embed), ("n_layer", lf.n_layer),
+                       ("n_att", n_att), ("n_ffn", n_ffn)):
+        w.add_u32("rwkv." + key, value)
+    w.add_f32("rwkv.layer_norm_epsilon", 1e-5)
+    w.add_string("rwkv.tokenizer", tok)
+    w.add_bool("rwkv.emb_ln0_applied", False)
+    return n_att, n_ffn
+
+
 def legacy_to_gguf(src: str, dst: str, tokenizer: Optional[str] = None,
-                   progress: Optional[Callable[[int, int, str], None]] = None) -> "ConvertSummary":
-    """Writes our GGUF from an rwkv.cpp ``.bin`` (tensors copied as stored;
-    ln0 kept for the runtime to apply).  The runtime validates the tensor
-    set and shapes when it loads the result."""
+                   progress: Optional[Callable[[int, int, str], None]] = None,
+                   ln_x_eps: Optional[float] = None) -> "ConvertSummary":
+    """Writes our GGUF from an rwkv.cpp ``.bin`` (tensors copied as stored,
+    quantized blocks byte for byte, with the per-version reshapes of
+    docs/FORMAT.md; ln0 kept for the runtime to apply).  The runtime
+    validates the tensor set and shapes when it loads the result.
+
+    ln_x_eps: RWKV-5/6/7: the ln_x GroupNorm epsilon to record (default the
+    official 64e-5).  A .bin file does not say which one its model was made
+    with: rwkv.cpp's RWKV-5 test fixtures were made with 1e-5.
+    """
     from .convert import ConvertSummary, write_file_atomically
+    from .model import detect_version
+    from .plan_wkv import add_wkv_metadata
 
     lf = read_legacy_bin(src)
-    n_att, n_ffn = _check_rwkv4(lf)
+    version = detect_version({t.name: t.shape for t in lf.tensors})
+    eps = _ln_x_eps(ln_x_eps, version)
     tok = _infer_tokenizer(lf.n_vocab) if tokenizer is None else ("" if tokenizer == "none" else tokenizer)
-    total = sum(t.nbytes for t in lf.tensors)
+    hp = None if version == "4" else _wkv_params(lf, version)
+    outs = _v4_outputs(lf) if hp is None else _wkv_outputs(lf, hp)
+    total = sum(o.nbytes for o in outs)
+    dims = {}
 
     def write(fout) -> int:
         w = GGUFWriter(fout)
-        w.add_string("general.architecture", "rwkv4")
-        w.add_u32("general.alignment", w.alignment)
-        w.add_u32("general.file_type", lf.file_type)
-        w.add_u32("rwkv.format_version", 1)
-        w.add_string("rwkv.version", "4")
-        for key, value in (("n_vocab", lf.n_vocab), ("n_embed", lf.n_embed), ("n_layer", lf.n_layer),
-                           ("n_att", n_att), ("n_ffn", n_ffn)):
-            w.add_u32("rwkv." + key, value)
-        w.add_f32("rwkv.layer_norm_epsilon", 1e-5)
-        w.add_string("rwkv.tokenizer", tok)
-        w.add_bool("rwkv.emb_ln0_applied", False)
+        if hp is None:
+            dims["n_att"], dims["n_ffn"] = _add_v4_metadata(w, lf, tok)
+        else:
+            add_wkv_metadata(w, hp, lf.file_type, tok, eps, emb_ln0_applied=False)
         w.add_string("rwkv.source", "rwkv.cpp .bin version %d" % lf.version)
-        for t in lf.tensors:
-            w.add_tensor_info(t.name, t.shape, t.ggml_type)
+        for o in outs:
+            w.add_tensor_info(o.name, o.shape, o.ggml_type)
         w.write_header()
         done = 0
         with open(src, "rb") as fin:
-            for t in lf.tensors:
-                w.write_tensor(t.name, _read_data(fin, t))
-                done += t.nbytes
+            for o in outs:
+                w.write_tensor(o.name, o.produce(fin))
+                done += o.nbytes
                 if progress:
-                    progress(done, total, t.name)
+                    progress(done, total, o.name)
         return w.finish()
 
     written = write_file_atomically(dst, write)
     type_names = {0: "FP32", 1: "FP16", 2: "Q8_0", 3: "Q5_0", 4: "Q5_1", 5: "Q4_0", 6: "Q4_1"}
-    return ConvertSummary("4", lf.n_vocab, lf.n_embed, lf.n_layer, n_att, n_ffn, type_names[lf.file_type],
-                          tok, len(lf.tensors), written, "rwkv_cpp_bin")
+    if hp is None:
+        return ConvertSummary("4", lf.n_vocab, lf.n_embed, lf.n_layer, dims["n_att"], dims["n_ffn"],
+                              type_names[lf.file_type], tok, len(outs), written, "rwkv_cpp_bin")
+    return ConvertSummary(version, lf.n_vocab, lf.n_embed, lf.n_layer, lf.n_embed, hp.n_ffn,
+                          type_names[lf.file_type], tok, len(outs), written, "rwkv_cpp_bin", hp.n_head, hp.head_size)

@@ -116,7 +116,7 @@ CachedGraph & Context::graph_for(uint32_t n_tokens, LogitsMode logits) {
                                nullptr, /*no_alloc =*/ true};
     g->ctx = ggml_init(params);
     g->gf = ggml_new_graph_custom(g->ctx, max_nodes, false);
-    build_graph_v4(g->ctx, g->gf, model_, g->io, logits);
+    build_graph(g->ctx, g->gf, model_, g->io, logits);
 
     g->alloc = ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend_));
     if (!ggml_gallocr_alloc_graph(g->alloc, g->gf)) {

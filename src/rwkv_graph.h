@@ -29,5 +29,12 @@ enum class LogitsMode { NONE, LAST, ALL };
 size_t graph_max_nodes(const Model & model);
 
 void build_graph_v4(ggml_context * ctx, ggml_cgraph * gf, const Model & model, GraphIO & io, LogitsMode logits);
+void build_graph_v5(ggml_context * ctx, ggml_cgraph * gf, const Model & model, GraphIO & io, LogitsMode logits);
+void build_graph_v6(ggml_context * ctx, ggml_cgraph * gf, const Model & model, GraphIO & io, LogitsMode logits);
+void build_graph_v7(ggml_context * ctx, ggml_cgraph * gf, const Model & model, GraphIO & io, LogitsMode logits);
+
+// The graph of the model's version (rwkv_graph.cpp): the one entry point of
+// the context layer.
+void build_graph(ggml_context * ctx, ggml_cgraph * gf, const Model & model, GraphIO & io, LogitsMode logits);
 
 }  // namespace rwkv

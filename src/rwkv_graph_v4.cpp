@@ -12,8 +12,6 @@ namespace rwkv {
 
 namespace {
 
-constexpr size_t NODES_PER_LAYER = 64;
-constexpr size_t NODES_EXTRA = 64;
 
 // F.layer_norm(x, (D,), weight=w, bias=b)
 ggml_tensor * layer_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, ggml_tensor * b, float eps) {
@@ -79,9 +77,6 @@ ggml_tensor * channel_mixing(ggml_context * ctx, ggml_cgraph * gf, const Model &
 
 }  // namespace
 
-size_t graph_max_nodes(const Model & model) {
-    return NODES_PER_LAYER * model.hparams().n_layer + NODES_EXTRA;
-}
 
 void build_graph_v4(ggml_context * ctx, ggml_cgraph * gf, const Model & m, GraphIO & io, LogitsMode logits) {
     const HParams & hp = m.hparams();

@@ -16,6 +16,7 @@ constexpr uint32_t FORMAT_VERSION = 1;
 constexpr uint32_t MAX_VOCAB = 1u << 24;
 constexpr uint32_t MAX_EMBED = 1u << 16;
 constexpr uint32_t MAX_LAYER = 1u << 12;
+constexpr uint32_t MAX_HEAD_SIZE = 1u << 12;  // official models: 64
 constexpr size_t WEIGHT_ALIGNMENT = 32;  // ggml CPU buffers need 32-byte aligned data
 
 enum class Kind { VECTOR, MATRIX };
@@ -29,6 +30,7 @@ struct TensorSpec {
     int64_t ne1;
     ggml_tensor ** slot;
     TensorRole role = TensorRole::VECTOR;  // derived from kind unless set
+    int64_t ne2 = 1;                       // only v6's time_maa_w2 is 3-D
 };
 
 TensorRole role_of(const TensorSpec & s) {
@@ -50,7 +52,11 @@ bool is_matrix_type(ggml_type t) {
     }
 }
 
-std::string shape_str(int64_t ne0, int64_t ne1) {
+std::string shape_str(int64_t ne0, int64_t ne1, int64_t ne2 = 1) {
+    if (ne2 != 1) {
+        return format("[%lld, %lld, %lld]", static_cast<long long>(ne0), static_cast<long long>(ne1),
+                      static_cast<long long>(ne2));
+    }
     return ne1 == 1 ? format("[%lld]", static_cast<long long>(ne0))
                     : format("[%lld, %lld]", static_cast<long long>(ne0), static_cast<long long>(ne1));
 }
@@ -65,9 +71,9 @@ std::string shape_str(const ggml_tensor * t) {
 }
 
 void check_tensor(const ggml_tensor * t, const TensorSpec & spec) {
-    if (t->ne[0] != spec.ne0 || t->ne[1] != spec.ne1 || t->ne[2] != 1 || t->ne[3] != 1) {
+    if (t->ne[0] != spec.ne0 || t->ne[1] != spec.ne1 || t->ne[2] != spec.ne2 || t->ne[3] != 1) {
         fail(RWKV_STATUS_ERROR_FILE_FORMAT, "tensor '%s' has shape %s, expected %s (ggml order)",
-             spec.name.c_str(), shape_str(t).c_str(), shape_str(spec.ne0, spec.ne1).c_str());
+             spec.name.c_str(), shape_str(t).c_str(), shape_str(spec.ne0, spec.ne1, spec.ne2).c_str());
     }
     if (spec.kind == Kind::VECTOR && t->type != GGML_TYPE_F32) {
         fail(RWKV_STATUS_ERROR_FILE_FORMAT, "tensor '%s' has type %s, expected f32", spec.name.c_str(),
@@ -85,6 +91,133 @@ void check_range(const char * key, uint32_t value, uint32_t lo, uint32_t hi) {
     }
 }
 
+uint32_t get_ranged_u32(const GgufFile & f, const char * key, uint32_t lo, uint32_t hi) {
+    const uint32_t value = f.get_u32(key);
+    check_range(key, value, lo, hi);
+    return value;
+}
+
+float get_epsilon(const GgufFile & f, const char * key) {
+    const float eps = f.get_f32(key);
+    if (!(eps > 0.0f && eps < 1.0f)) {
+        fail(RWKV_STATUS_ERROR_FILE_FORMAT, "metadata '%s' = %g is out of range (0, 1)", key, eps);
+    }
+    return eps;
+}
+
+// general.architecture and rwkv.version must name one of these pairs.
+struct ArchVersion {
+    const char * arch;
+    const char * version;
+    Arch value;
+};
+constexpr ArchVersion KNOWN_VERSIONS[] = {
+    {"rwkv4", "4", Arch::V4},   {"rwkv5", "5.0", Arch::V5}, {"rwkv5", "5.1", Arch::V5},
+    {"rwkv5", "5.2", Arch::V5}, {"rwkv6", "6.0", Arch::V6}, {"rwkv7", "7.0", Arch::V7},
+};
+
+Arch arch_of(const std::string & arch, const std::string & version) {
+    for (const ArchVersion & k : KNOWN_VERSIONS) {
+        if (arch == k.arch && version == k.version) {
+            return k.value;
+        }
+    }
+    fail(RWKV_STATUS_ERROR_UNSUPPORTED,
+         "model architecture '%s' (RWKV version '%s') is not supported: this build runs RWKV-4 (rwkv4), "
+         "5.0/5.1/5.2 (rwkv5), 6.0 (rwkv6) and 7.0 (rwkv7)",
+         arch.c_str(), version.c_str());
+}
+
+const char * arch_label(Arch a) {
+    switch (a) {
+        case Arch::V4: return "RWKV-4";
+        case Arch::V5: return "RWKV-5";
+        case Arch::V6: return "RWKV-6";
+        case Arch::V7: return "RWKV-7";
+    }
+    return "RWKV";
+}
+
+// emb.weight first (and blocks.0.ln0 when the file did not fold it in).
+std::vector<TensorSpec> embedding_specs(const HParams & hp, ggml_tensor ** emb, ggml_tensor ** ln0_w,
+                                        ggml_tensor ** ln0_b) {
+    const int64_t D = hp.n_embed, V = hp.n_vocab;
+    std::vector<TensorSpec> specs = {{"emb.weight", Kind::MATRIX, D, V, emb, TensorRole::EMBEDDING}};
+    if (!hp.emb_ln0_applied) {
+        specs.push_back({"blocks.0.ln0.weight", Kind::VECTOR, D, 1, ln0_w});
+        specs.push_back({"blocks.0.ln0.bias", Kind::VECTOR, D, 1, ln0_b});
+    }
+    return specs;
+}
+
+// ln_out and head last.
+void add_output_specs(std::vector<TensorSpec> & specs, const HParams & hp, ggml_tensor ** ln_out_w,
+                      ggml_tensor ** ln_out_b, ggml_tensor ** head) {
+    const int64_t D = hp.n_embed, V = hp.n_vocab;
+    specs.push_back({"ln_out.weight", Kind::VECTOR, D, 1, ln_out_w});
+    specs.push_back({"ln_out.bias", Kind::VECTOR, D, 1, ln_out_b});
+    specs.push_back({"head.weight", Kind::MATRIX, D, V, head, TensorRole::HEAD});
+}
+
+// Finds, checks and binds every expected tensor, in table order, then
+// rejects any tensor of the file that the table does not name.
+void bind_specs(const GgufFile & file, const std::vector<TensorSpec> & specs, std::vector<TensorEntry> & entries,
+                const char * label) {
+    std::set<std::string> expected;
+    for (const TensorSpec & s : specs) {
+        ggml_tensor * t = file.find_tensor(s.name.c_str());
+        if (t == nullptr) {
+            fail(RWKV_STATUS_ERROR_FILE_FORMAT, "missing tensor '%s' (expected shape %s)", s.name.c_str(),
+                 shape_str(s.ne0, s.ne1, s.ne2).c_str());
+        }
+        check_tensor(t, s);
+        *s.slot = t;
+        expected.insert(s.name);
+        entries.push_back({s.name, role_of(s), t});
+    }
+    for (int64_t i = 0; i < file.n_tensors(); ++i) {
+        const char * name = file.tensor_name(i);
+        if (expected.count(name) == 0) {
+            fail(RWKV_STATUS_ERROR_FILE_FORMAT, "unexpected tensor '%s' in an %s file", name, label);
+        }
+    }
+}
+
+// The tensors of a layer that every version from 5 on has: layer norms,
+// the four (five with the gate) square attention matrices and ln_x.
+void add_att_common_specs(std::vector<TensorSpec> & specs, const std::string & p, int64_t D, bool gate,
+                          AttCommon & a) {
+    const std::vector<TensorSpec> common = {
+        {p + "ln1.weight", Kind::VECTOR, D, 1, &a.ln1_w},
+        {p + "ln1.bias", Kind::VECTOR, D, 1, &a.ln1_b},
+        {p + "ln2.weight", Kind::VECTOR, D, 1, &a.ln2_w},
+        {p + "ln2.bias", Kind::VECTOR, D, 1, &a.ln2_b},
+        {p + "att.receptance.weight", Kind::MATRIX, D, D, &a.r},
+        {p + "att.key.weight", Kind::MATRIX, D, D, &a.k},
+        {p + "att.value.weight", Kind::MATRIX, D, D, &a.v},
+        {p + "att.output.weight", Kind::MATRIX, D, D, &a.o},
+        {p + "att.ln_x.weight", Kind::VECTOR, D, 1, &a.lnx_w},
+        {p + "att.ln_x.bias", Kind::VECTOR, D, 1, &a.lnx_b},
+    };
+    specs.insert(specs.end(), common.begin(), common.end());
+    if (gate) {
+        specs.push_back({p + "att.gate.weight", Kind::MATRIX, D, D, &a.g});
+    }
+}
+
+// Channel mixing with receptance (v5: time_mix_k/r, v6: time_maa_k/r).
+void add_ffn_rkv_specs(std::vector<TensorSpec> & specs, const std::string & p, const char * mix, int64_t D,
+                       int64_t F, FfnRKV & f) {
+    const std::vector<TensorSpec> ffn = {
+        {p + "ffn." + mix + "k", Kind::VECTOR, D, 1, &f.mix_k},
+        {p + "ffn." + mix + "r", Kind::VECTOR, D, 1, &f.mix_r},
+        {p + "ffn.key.weight", Kind::MATRIX, D, F, &f.k},
+        {p + "ffn.receptance.weight", Kind::MATRIX, D, D, &f.r},
+        {p + "ffn.value.weight", Kind::MATRIX, F, D, &f.v},
+    };
+    specs.insert(specs.end(), ffn.begin(), ffn.end());
+}
+
 }  // namespace
 
 std::unique_ptr<Model> Model::load(const std::string & path, const rwkv_model_params & params) {
@@ -93,7 +226,7 @@ std::unique_ptr<Model> Model::load(const std::string & path, const rwkv_model_pa
     m->log_.user_data = params.log_user_data;
     m->file_ = GgufFile::open(path, params.use_mmap);
     m->read_hparams();
-    m->bind_tensors_v4();
+    m->bind_tensors();
     m->map_weights();
     m->log_.log(RWKV_LOG_LEVEL_INFO, "loaded '%s': RWKV-%s, n_vocab %u, n_embed %u, n_layer %u, %s",
                 path.c_str(), m->hp_.version.c_str(), m->hp_.n_vocab, m->hp_.n_embed, m->hp_.n_layer,
@@ -116,40 +249,58 @@ void Model::read_hparams() {
              format_version, FORMAT_VERSION);
     }
     hp_.version = f.get_str("rwkv.version");
-    if (arch != "rwkv4" || hp_.version != "4") {
-        fail(RWKV_STATUS_ERROR_UNSUPPORTED,
-             "model architecture '%s' (RWKV version '%s') is not supported: this build runs RWKV-4",
-             arch.c_str(), hp_.version.c_str());
-    }
-    hp_.arch = Arch::V4;
-    hp_.n_vocab = f.get_u32("rwkv.n_vocab");
-    hp_.n_embed = f.get_u32("rwkv.n_embed");
-    hp_.n_layer = f.get_u32("rwkv.n_layer");
-    hp_.n_att = f.get_u32("rwkv.n_att");
-    hp_.n_ffn = f.get_u32("rwkv.n_ffn");
-    check_range("rwkv.n_vocab", hp_.n_vocab, 1, MAX_VOCAB);
-    check_range("rwkv.n_embed", hp_.n_embed, 1, MAX_EMBED);
-    check_range("rwkv.n_layer", hp_.n_layer, 1, MAX_LAYER);
-    check_range("rwkv.n_att", hp_.n_att, 1, MAX_EMBED);
-    check_range("rwkv.n_ffn", hp_.n_ffn, 1, 16 * MAX_EMBED);
-    hp_.ln_eps = f.get_f32("rwkv.layer_norm_epsilon");
-    if (!(hp_.ln_eps > 0.0f && hp_.ln_eps < 1.0f)) {
-        fail(RWKV_STATUS_ERROR_FILE_FORMAT, "metadata 'rwkv.layer_norm_epsilon' = %g is out of range", hp_.ln_eps);
-    }
-    const uint32_t ftype = f.get_u32("general.file_type");
-    check_range("general.file_type", ftype, RWKV_TYPE_FP32, RWKV_TYPE_Q4_1);
-    hp_.file_type = static_cast<rwkv_type>(ftype);
+    hp_.arch = arch_of(arch, hp_.version);
+    hp_.n_vocab = get_ranged_u32(f, "rwkv.n_vocab", 1, MAX_VOCAB);
+    hp_.n_embed = get_ranged_u32(f, "rwkv.n_embed", 1, MAX_EMBED);
+    hp_.n_layer = get_ranged_u32(f, "rwkv.n_layer", 1, MAX_LAYER);
+    hp_.n_ffn = get_ranged_u32(f, "rwkv.n_ffn", 1, 16 * MAX_EMBED);
+    hp_.ln_eps = get_epsilon(f, "rwkv.layer_norm_epsilon");
+    hp_.file_type = static_cast<rwkv_type>(get_ranged_u32(f, "general.file_type", RWKV_TYPE_FP32, RWKV_TYPE_Q4_1));
     hp_.tokenizer = f.has_key("rwkv.tokenizer") ? f.get_str("rwkv.tokenizer") : std::string();
     hp_.emb_ln0_applied = f.get_bool("rwkv.emb_ln0_applied");
+    if (hp_.arch == Arch::V4) {
+        hp_.n_att = get_ranged_u32(f, "rwkv.n_att", 1, MAX_EMBED);
+    } else {
+        read_hparams_wkv();
+    }
+}
+
+// Hyper-parameters of RWKV-5 and later (docs/FORMAT.md).
+void Model::read_hparams_wkv() {
+    const GgufFile & f = *file_;
+    hp_.n_head = get_ranged_u32(f, "rwkv.n_head", 1, MAX_EMBED);
+    hp_.head_size = get_ranged_u32(f, "rwkv.head_size", 1, MAX_HEAD_SIZE);
+    if (static_cast<uint64_t>(hp_.n_head) * hp_.head_size != hp_.n_embed) {
+        fail(RWKV_STATUS_ERROR_FILE_FORMAT, "metadata rwkv.n_head (%u) * rwkv.head_size (%u) must equal rwkv.n_embed (%u)",
+             hp_.n_head, hp_.head_size, hp_.n_embed);
+    }
+    hp_.n_att = hp_.n_embed;
+    hp_.ln_x_eps = get_epsilon(f, "rwkv.ln_x_epsilon");
+    hp_.has_gate = hp_.arch == Arch::V6 || (hp_.arch == Arch::V5 && hp_.version != "5.0");
+    if (hp_.arch == Arch::V6) {
+        hp_.lora_mix = get_ranged_u32(f, "rwkv.time_mix_lora_dim", 1, MAX_EMBED);
+        hp_.lora_decay = get_ranged_u32(f, "rwkv.time_decay_lora_dim", 1, MAX_EMBED);
+    } else if (hp_.arch == Arch::V7) {
+        hp_.lora_decay = get_ranged_u32(f, "rwkv.decay_lora_dim", 1, MAX_EMBED);
+        hp_.lora_a = get_ranged_u32(f, "rwkv.a_lora_dim", 1, MAX_EMBED);
+        // Layer 0 has no value-residual LoRA: a one-layer model has none at all.
+        hp_.lora_v = get_ranged_u32(f, "rwkv.v_lora_dim", hp_.n_layer > 1 ? 1 : 0, MAX_EMBED);
+        hp_.lora_gate = get_ranged_u32(f, "rwkv.gate_lora_dim", 1, MAX_EMBED);
+    }
+}
+
+void Model::bind_tensors() {
+    switch (hp_.arch) {
+        case Arch::V4: bind_tensors_v4(); return;
+        case Arch::V5: bind_tensors_v5(); return;
+        case Arch::V6: bind_tensors_v6(); return;
+        case Arch::V7: bind_tensors_v7(); return;
+    }
 }
 
 void Model::bind_tensors_v4() {
-    const int64_t D = hp_.n_embed, A = hp_.n_att, F = hp_.n_ffn, V = hp_.n_vocab;
-    std::vector<TensorSpec> specs = {{"emb.weight", Kind::MATRIX, D, V, &emb, TensorRole::EMBEDDING}};
-    if (!hp_.emb_ln0_applied) {
-        specs.push_back({"blocks.0.ln0.weight", Kind::VECTOR, D, 1, &ln0_w});
-        specs.push_back({"blocks.0.ln0.bias", Kind::VECTOR, D, 1, &ln0_b});
-    }
+    const int64_t D = hp_.n_embed, A = hp_.n_att, F = hp_.n_ffn;
+    std::vector<TensorSpec> specs = embedding_specs(hp_, &emb, &ln0_w, &ln0_b);
     layers.assign(hp_.n_layer, LayerV4());
     for (uint32_t i = 0; i < hp_.n_layer; ++i) {
         const std::string p = format("blocks.%u.", i);
@@ -176,28 +327,110 @@ void Model::bind_tensors_v4() {
         };
         specs.insert(specs.end(), layer_specs.begin(), layer_specs.end());
     }
-    specs.push_back({"ln_out.weight", Kind::VECTOR, D, 1, &ln_out_w});
-    specs.push_back({"ln_out.bias", Kind::VECTOR, D, 1, &ln_out_b});
-    specs.push_back({"head.weight", Kind::MATRIX, D, V, &head, TensorRole::HEAD});
+    add_output_specs(specs, hp_, &ln_out_w, &ln_out_b, &head);
+    bind_specs(*file_, specs, entries_, arch_label(hp_.arch));
+}
 
-    std::set<std::string> expected;
-    for (const TensorSpec & s : specs) {
-        ggml_tensor * t = file_->find_tensor(s.name.c_str());
-        if (t == nullptr) {
-            fail(RWKV_STATUS_ERROR_FILE_FORMAT, "missing tensor '%s' (expected shape %s)", s.name.c_str(),
-                 shape_str(s.ne0, s.ne1).c_str());
+// RWKV-5.0/5.1/5.2.  The converter stores the decay and the bonus (H, N)
+// for every 5.x version (per-head values broadcast), so 5.1 and 5.2 share
+// one table; 5.0 has no gate.
+void Model::bind_tensors_v5() {
+    const int64_t D = hp_.n_embed, F = hp_.n_ffn, H = hp_.n_head, N = hp_.head_size;
+    std::vector<TensorSpec> specs = embedding_specs(hp_, &emb, &ln0_w, &ln0_b);
+    layers_v5.assign(hp_.n_layer, LayerV5());
+    for (uint32_t i = 0; i < hp_.n_layer; ++i) {
+        const std::string p = format("blocks.%u.", i);
+        LayerV5 & l = layers_v5[i];
+        add_att_common_specs(specs, p, D, hp_.has_gate, l.att);
+        const std::vector<TensorSpec> att = {
+            {p + "att.time_mix_k", Kind::VECTOR, D, 1, &l.mix_k},
+            {p + "att.time_mix_v", Kind::VECTOR, D, 1, &l.mix_v},
+            {p + "att.time_mix_r", Kind::VECTOR, D, 1, &l.mix_r},
+            {p + "att.time_decay", Kind::VECTOR, N, H, &l.decay},
+            {p + "att.time_faaaa", Kind::VECTOR, N, H, &l.bonus},
+        };
+        specs.insert(specs.end(), att.begin(), att.end());
+        if (hp_.has_gate) {
+            specs.push_back({p + "att.time_mix_g", Kind::VECTOR, D, 1, &l.mix_g});
         }
-        check_tensor(t, s);
-        *s.slot = t;
-        expected.insert(s.name);
-        entries_.push_back({s.name, role_of(s), t});
+        add_ffn_rkv_specs(specs, p, "time_mix_", D, F, l.ffn);
     }
-    for (int64_t i = 0; i < file_->n_tensors(); ++i) {
-        const char * name = file_->tensor_name(i);
-        if (expected.count(name) == 0) {
-            fail(RWKV_STATUS_ERROR_FILE_FORMAT, "unexpected tensor '%s' in an RWKV-4 file", name);
+    add_output_specs(specs, hp_, &ln_out_w, &ln_out_b, &head);
+    bind_specs(*file_, specs, entries_, arch_label(hp_.arch));
+}
+
+void Model::bind_tensors_v6() {
+    const int64_t D = hp_.n_embed, F = hp_.n_ffn, H = hp_.n_head, N = hp_.head_size;
+    const int64_t E = hp_.lora_mix, Ed = hp_.lora_decay;
+    constexpr TensorRole LR = TensorRole::LOW_RANK;
+    std::vector<TensorSpec> specs = embedding_specs(hp_, &emb, &ln0_w, &ln0_b);
+    layers_v6.assign(hp_.n_layer, LayerV6());
+    for (uint32_t i = 0; i < hp_.n_layer; ++i) {
+        const std::string p = format("blocks.%u.", i);
+        LayerV6 & l = layers_v6[i];
+        add_att_common_specs(specs, p, D, true, l.att);
+        const std::vector<TensorSpec> att = {
+            {p + "att.time_maa_x", Kind::VECTOR, D, 1, &l.maa_x},
+            {p + "att.time_maa_w", Kind::VECTOR, D, 1, &l.maa[0]},
+            {p + "att.time_maa_k", Kind::VECTOR, D, 1, &l.maa[1]},
+            {p + "att.time_maa_v", Kind::VECTOR, D, 1, &l.maa[2]},
+            {p + "att.time_maa_r", Kind::VECTOR, D, 1, &l.maa[3]},
+            {p + "att.time_maa_g", Kind::VECTOR, D, 1, &l.maa[4]},
+            {p + "att.time_maa_w1", Kind::MATRIX, D, 5 * E, &l.maa_w1, LR},
+            {p + "att.time_maa_w2", Kind::MATRIX, E, D, &l.maa_w2, LR, 5},
+            {p + "att.time_decay", Kind::VECTOR, D, 1, &l.decay},
+            {p + "att.time_decay_w1", Kind::MATRIX, D, Ed, &l.decay_w1, LR},
+            {p + "att.time_decay_w2", Kind::MATRIX, Ed, D, &l.decay_w2, LR},
+            {p + "att.time_faaaa", Kind::VECTOR, N, H, &l.bonus},
+        };
+        specs.insert(specs.end(), att.begin(), att.end());
+        add_ffn_rkv_specs(specs, p, "time_maa_", D, F, l.ffn);
+    }
+    add_output_specs(specs, hp_, &ln_out_w, &ln_out_b, &head);
+    bind_specs(*file_, specs, entries_, arch_label(hp_.arch));
+}
+
+// One LoRA pair of RWKV-7 (x @ w1 @ w2 in the official code), stored as
+// (out, in) matrices: w1 (E, D), w2 (D, E).
+static void add_lora_specs(std::vector<TensorSpec> & specs, const std::string & p, const char * name, int64_t D, int64_t E,
+                    ggml_tensor ** w1, ggml_tensor ** w2) {
+    specs.push_back({p + "att." + name + "1", Kind::MATRIX, D, E, w1, TensorRole::LOW_RANK});
+    specs.push_back({p + "att." + name + "2", Kind::MATRIX, E, D, w2, TensorRole::LOW_RANK});
+}
+
+void Model::bind_tensors_v7() {
+    const int64_t D = hp_.n_embed, F = hp_.n_ffn, H = hp_.n_head, N = hp_.head_size;
+    static const char * const MIX_NAMES[V7_MIXES] = {"x_r", "x_w", "x_k", "x_v", "x_a", "x_g"};
+    std::vector<TensorSpec> specs = embedding_specs(hp_, &emb, &ln0_w, &ln0_b);
+    layers_v7.assign(hp_.n_layer, LayerV7());
+    for (uint32_t i = 0; i < hp_.n_layer; ++i) {
+        const std::string p = format("blocks.%u.", i);
+        LayerV7 & l = layers_v7[i];
+        add_att_common_specs(specs, p, D, false, l.att);
+        for (int m = 0; m < V7_MIXES; ++m) {
+            specs.push_back({p + "att." + MIX_NAMES[m], Kind::VECTOR, D, 1, &l.x[m]});
+        }
+        const std::vector<TensorSpec> att = {
+            {p + "att.w0", Kind::VECTOR, D, 1, &l.w0},
+            {p + "att.a0", Kind::VECTOR, D, 1, &l.a0},
+            {p + "att.k_k", Kind::VECTOR, D, 1, &l.k_k},
+            {p + "att.k_a", Kind::VECTOR, D, 1, &l.k_a},
+            {p + "att.r_k", Kind::VECTOR, N, H, &l.r_k},
+            {p + "ffn.x_k", Kind::VECTOR, D, 1, &l.ffn_x_k},
+            {p + "ffn.key.weight", Kind::MATRIX, D, F, &l.ffn_k},
+            {p + "ffn.value.weight", Kind::MATRIX, F, D, &l.ffn_v},
+        };
+        specs.insert(specs.end(), att.begin(), att.end());
+        add_lora_specs(specs, p, "w", D, hp_.lora_decay, &l.w1, &l.w2);
+        add_lora_specs(specs, p, "a", D, hp_.lora_a, &l.a1, &l.a2);
+        add_lora_specs(specs, p, "g", D, hp_.lora_gate, &l.g1, &l.g2);
+        if (i > 0) {  // layer 0 makes v_first; its v0/v1/v2 are unused and not stored
+            specs.push_back({p + "att.v0", Kind::VECTOR, D, 1, &l.v0});
+            add_lora_specs(specs, p, "v", D, hp_.lora_v, &l.v1, &l.v2);
         }
     }
+    add_output_specs(specs, hp_, &ln_out_w, &ln_out_b, &head);
+    bind_specs(*file_, specs, entries_, arch_label(hp_.arch));
 }
 
 void Model::map_weights() {
@@ -232,7 +465,11 @@ void Model::map_weights() {
 }
 
 size_t Model::state_len() const {
-    return static_cast<size_t>(hp_.n_layer) * (2 * static_cast<size_t>(hp_.n_embed) + 3 * static_cast<size_t>(hp_.n_att));
+    const size_t L = hp_.n_layer, D = hp_.n_embed;
+    if (hp_.arch == Arch::V4) {
+        return L * (2 * D + 3 * static_cast<size_t>(hp_.n_att));
+    }
+    return L * (2 * D + D * hp_.head_size);
 }
 
 size_t Model::v4_state_offset(uint32_t layer, V4StateSlot slot) const {
@@ -244,11 +481,22 @@ size_t Model::v4_state_offset(uint32_t layer, V4StateSlot slot) const {
     return layer * per_layer + n_d_before * D + n_a_before[slot] * A;
 }
 
+size_t Model::wkv_state_offset(uint32_t layer, WkvStateSlot slot) const {
+    // Slot sizes in order: att_xx D, the H matrices of N x N (= D * N), ffn_xx D.
+    const size_t D = hp_.n_embed, S = D * hp_.head_size;
+    const size_t per_layer = 2 * D + S;
+    const size_t before[] = {0, D, D + S};
+    return layer * per_layer + before[slot];
+}
+
 void Model::init_state(float * state) const {
+    std::memset(state, 0, state_len() * sizeof(float));
+    if (hp_.arch != Arch::V4) {
+        return;  // RWKV-5 and later: all zeros (the official generate_zero_state)
+    }
     // Official initial state: zeros, and pp = -1e30 so that the first token's
     // exp(pp - p) vanishes in the max-exponent WKV recurrence.
     constexpr float PP_INIT = -1e30f;
-    std::memset(state, 0, state_len() * sizeof(float));
     for (uint32_t i = 0; i < hp_.n_layer; ++i) {
         float * pp = state + v4_state_offset(i, V4_ATT_PP);
         for (uint32_t c = 0; c < hp_.n_att; ++c) {

@@ -161,6 +161,7 @@ struct GgmlDeleter {
 //   MATRIX      F32    F16    Qx      (block matrices)
 //   HEAD        F32    F16    Qx if params.quantize_head, else F16
 //   EMBEDDING   F32    F16    Qx if params.quantize_emb, else F16
+//   LOW_RANK    F32    F16    F16     (v6/v7 LoRA matrices: small, feed exponentials)
 // A matrix whose rows are not a whole number of quantization blocks stays F16.
 static ggml_type policy_type(const TensorEntry & e, rwkv_type target, const rwkv_quantize_params & params) {
     const ggml_type want = ggml_type_of(target);

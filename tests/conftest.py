@@ -325,3 +325,11 @@ class ModelZoo:
 @pytest.fixture(scope="session")
 def zoo(tmp_path_factory) -> ModelZoo:
     return ModelZoo(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def wkv_zoo(tmp_path_factory):
+    """Random-weight RWKV-5/6/7 checkpoints and their runs (tests/wkv_zoo.py)."""
+    from wkv_zoo import WkvZoo
+
+    return WkvZoo(tmp_path_factory.mktemp("wkv_models"))

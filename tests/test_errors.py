@@ -120,12 +120,15 @@ def test_metadata_mismatching_tensors(tmp_path):
         rwkv_cpp.Model(path)
 
 
-def test_unsupported_version(tmp_path):
+@pytest.mark.parametrize("arch, version", [("rwkv8", "8.0"), ("rwkv7", "8.0"), ("rwkv7", "6.0"), ("rwkv4", "")])
+def test_unsupported_version(tmp_path, arch, version):
+    """An unknown version, or an architecture and version that do not go
+    together: the error names both."""
     meta = rwkv4_metadata()
-    meta["general.architecture"] = "rwkv7"
-    meta["rwkv.version"] = "7.0"
-    path = _write_variant(tmp_path, "v7.gguf", meta=meta)
-    with pytest.raises(UnsupportedModelError, match="'7.0'"):
+    meta["general.architecture"] = arch
+    meta["rwkv.version"] = version
+    path = _write_variant(tmp_path, "v.gguf", meta=meta)
+    with pytest.raises(UnsupportedModelError, match=f"architecture '{arch}' \\(RWKV version '{version}'\\)"):
         rwkv_cpp.Model(path)
 
 

@@ -1,0 +1,41 @@
+// Dispatch of graph building on the model's architecture (read from the
+// file's metadata by the loader, never guessed here).
+#include "rwkv_graph.h"
+
+#include "rwkv_model.h"
+
+namespace rwkv {
+
+namespace {
+
+// Graph nodes per layer, an upper bound per architecture (measured: v4 13
+// with the fused ops, v5.0 40, v5.2 44, v6 55, v7 50), with a margin.
+size_t nodes_per_layer(Arch arch) {
+    switch (arch) {
+        case Arch::V4: return 32;
+        case Arch::V5: return 64;
+        case Arch::V6: return 80;
+        case Arch::V7: return 80;
+    }
+    return 96;
+}
+
+constexpr size_t NODES_EXTRA = 64;  // embedding, ln0, head
+
+}  // namespace
+
+size_t graph_max_nodes(const Model & model) {
+    return nodes_per_layer(model.hparams().arch) * model.hparams().n_layer + NODES_EXTRA;
+}
+
+void build_graph(ggml_context * ctx, ggml_cgraph * gf, const Model & model, GraphIO & io, LogitsMode logits) {
+    switch (model.hparams().arch) {
+        case Arch::V4: build_graph_v4(ctx, gf, model, io, logits); return;
+        case Arch::V5: build_graph_v5(ctx, gf, model, io, logits); return;
+        case Arch::V6: build_graph_v6(ctx, gf, model, io, logits); return;
+        case Arch::V7: build_graph_v7(ctx, gf, model, io, logits); return;
+    }
+    fail(RWKV_STATUS_ERROR_UNSUPPORTED, "no graph builder for this architecture");
+}
+
+}  // namespace rwkv
