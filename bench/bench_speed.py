@@ -101,7 +101,7 @@ def bandwidth(threads, mib=1024, runs=10):
     return float(out.split("median_gbs=")[1].split()[0])
 
 
-def worker(path, threads, decode_tokens, check_ref):
+def worker(path, threads, decode_tokens, check_ref, prefill=(128, 512)):
     """Runs in a child process: prints one JSON line."""
     import time
     t0 = time.perf_counter()
@@ -122,7 +122,7 @@ def worker(path, threads, decode_tokens, check_ref):
     for tok in toks[9:9 + decode_tokens]:
         logits, state = m.eval(int(tok), state, out_state=state, out_logits=logits)
     res["decode_ms"] = 1e3 * (time.perf_counter() - t2) / decode_tokens
-    for n in (128, 512):
+    for n in prefill:
         best = 0.0
         for _ in range(2):
             t3 = time.perf_counter()
@@ -134,9 +134,40 @@ def worker(path, threads, decode_tokens, check_ref):
     print("RESULT " + json.dumps(res), flush=True)
 
 
-def run_worker(path, threads, decode_tokens, check):
+def official_worker(pth, strategy, threads, decode_tokens):
+    """The official package (rwkv==0.8.32) on the same shape: decode and
+    prefill 128, in this child process; prints one JSON line."""
+    import time
+    import torch
+    torch.set_num_threads(threads)
+    from rwkv.model import RWKV
+    model = RWKV(model=pth, strategy=strategy, verbose=False)
+    toks = [int(t) for t in np.random.default_rng(1).integers(0, N_VOCAB, 200)]
+    with torch.no_grad():
+        _, state = model.forward(toks[:1], None)
+        for tok in toks[1:9]:
+            _, state = model.forward([tok], state)
+        t0 = time.perf_counter()
+        for tok in toks[9:9 + decode_tokens]:
+            _, state = model.forward([tok], state)
+        decode = 1e3 * (time.perf_counter() - t0) / decode_tokens
+        t1 = time.perf_counter()
+        model.forward(toks[:128], None)
+        prefill = 128 / (time.perf_counter() - t1)
+    print("RESULT " + json.dumps({"decode_ms": decode, "prefill_128": prefill}), flush=True)
+
+
+def run_official(pth, strategy, threads, decode_tokens):
+    out = subprocess.run([sys.executable, __file__, "--official-worker", str(pth), "--strategy", strategy,
+                          "--threads", str(threads), "--decode-tokens", str(decode_tokens)],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out.split("RESULT ", 1)[1])
+
+
+def run_worker(path, threads, decode_tokens, check, prefill=(128, 512)):
     out = subprocess.run([sys.executable, __file__, "--worker", str(path), "--threads", str(threads),
-                          "--decode-tokens", str(decode_tokens)] + (["--check"] if check else []),
+                          "--decode-tokens", str(decode_tokens), "--prefill"] + [str(n) for n in prefill]
+                         + (["--check"] if check else []),
                          check=True, capture_output=True, text=True).stdout
     return json.loads(out.split("RESULT ", 1)[1])
 
@@ -153,12 +184,20 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--procs", type=int, default=3)
     ap.add_argument("--decode-tokens", type=int, default=32)
+    ap.add_argument("--prefill", type=int, nargs="*", default=[128, 512], help="prefill lengths to time")
     ap.add_argument("--smoke", action="store_true", help="tiny model, one process: checks the bench runs")
+    ap.add_argument("--official", action="store_true",
+                    help="also time the official package (cpu fp32, cpu bf16) on the 169M shape "
+                         "(bench/cache/rwkv4-169m-shape.pth from bench_decode.py)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--official-worker", help=argparse.SUPPRESS)
+    ap.add_argument("--strategy", help=argparse.SUPPRESS)
     ap.add_argument("--check", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        return worker(args.worker, args.threads, args.decode_tokens, args.check)
+        return worker(args.worker, args.threads, args.decode_tokens, args.check, args.prefill)
+    if args.official_worker:
+        return official_worker(args.official_worker, args.strategy, args.threads, args.decode_tokens)
     if args.smoke:
         args.models, args.procs, args.decode_tokens = ["smoke"], 1, 4
     bw = bandwidth(args.threads, 64, 2) if args.smoke else bandwidth(args.threads)
@@ -172,7 +211,7 @@ def main():
         files = model_files(name, args.types, 256 if name == "smoke" else N_VOCAB)
         ref = None
         for t in args.types:
-            runs = [run_worker(files[t], args.threads, args.decode_tokens, check=(i == 0))
+            runs = [run_worker(files[t], args.threads, args.decode_tokens, check=(i == 0), prefill=args.prefill)
                     for i in range(args.procs)]
             if t == "FP16":
                 ref = runs[0]["check_logits"]
@@ -183,9 +222,23 @@ def main():
                 name, t, files[t].stat().st_size / 2**20,
                 "%.1e" % kl(ref, runs[0]["check_logits"]) if ref is not None else "-",
                 med, min(dec), max(dec), floor, 100 * floor / med,
-                statistics.median(r["prefill_128"] for r in runs), statistics.median(r["prefill_512"] for r in runs),
+                statistics.median(r.get("prefill_128", 0) for r in runs),
+                statistics.median(r.get("prefill_512", 0) for r in runs),
                 max(r["rss_mib"] for r in runs), statistics.median(r["load_s"] for r in runs)), flush=True)
+    if args.official and "169m" in args.models:
+        pth = CACHE / "rwkv4-169m-shape.pth"
+        if not pth.exists():
+            print("(no %s: run bench/bench_decode.py once to make it)" % pth)
+            return
+        for strategy in ("cpu fp32", "cpu bf16"):
+            runs = [run_official(pth, strategy, args.threads, args.decode_tokens) for _ in range(args.procs)]
+            dec = [r["decode_ms"] for r in runs]
+            print("| 169m | official %s | - | - | %.2f (%.2f-%.2f) | - | - | %.0f | - | - | - |" % (
+                strategy, statistics.median(dec), min(dec), max(dec),
+                statistics.median(r["prefill_128"] for r in runs)), flush=True)
 
 
 if __name__ == "__main__":
     main()
+
+
