@@ -261,6 +261,29 @@ class Model:
         state, logits = state_file.load(path, self, check_fingerprint)
         return (state, logits) if with_logits else state
 
+    # -- sentence embeddings (rwkv_cpp.embedding) ----------------------------
+
+    def embed(self, text_or_tokens, *, parts=None, stats=None, state=None, tokenizer=None):
+        """The sentence embedding of a text (``str``/``bytes``, through the
+        model's tokenizer) or of token ids: the selected ``parts`` of the
+        state after reading it (default ``embedding.DEFAULT_PARTS``), z-scored
+        per channel with ``stats`` (an ``EmbedStats`` or the path of a file
+        from ``python -m rwkv_cpp.embed_stats``) when given.  ``state``
+        continues from a state instead of the initial one.  float32 vector;
+        see docs/EMBEDDING.md."""
+        from . import embedding
+
+        return embedding.embed(self, text_or_tokens, parts or embedding.DEFAULT_PARTS, stats,
+                               state=state, tokenizer=tokenizer)
+
+    def embed_many(self, texts, *, parts=None, stats=None, tokenizer=None, progress=None):
+        """Embeddings of many texts or token sequences (each from the
+        initial state): float32 array ``(len(texts), dim)``."""
+        from . import embedding
+
+        return embedding.embed_many(self, texts, parts or embedding.DEFAULT_PARTS, stats,
+                                    tokenizer=tokenizer, progress=progress)
+
 
 def _thread_count(n_threads):
     if n_threads is None:

@@ -1,0 +1,111 @@
+"""Collects the per-channel statistics that normalise sentence embeddings.
+
+    python -m rwkv_cpp.embed_stats MODEL CORPUS... -o STATS [--parts SPEC]
+        [--passage-tokens N] [--max-passages M] [--seed S]
+
+Each corpus file (UTF-8 text) is tokenized whole and cut into consecutive
+passages of N tokens (a shorter tail is dropped); when there are more than M
+passages, M are drawn at random (seeded, so a run is reproducible).  Each
+passage is read from the initial state, and the per-channel mean and
+standard deviation of the embeddings of its final state are accumulated.
+The file written records the model (shape and file fingerprint) and the
+parts; ``Model.embed(..., stats=STATS)`` refuses it for another model or for
+parts it does not cover.  By default every part of every layer is collected
+(``--parts all``), so one file serves any selection.
+
+Use text like the texts you will embed, and N like their length: the state
+after 20 tokens and after 500 tokens are not distributed alike.
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+from ._progress import Progress
+from .embedding import ALL_PARTS, EmbedStats, Parts, RunningStats, check_model, from_state
+from .model import Model
+
+DEFAULT_PASSAGE_TOKENS = 128
+DEFAULT_MAX_PASSAGES = 2000
+
+
+def corpus_passages(tokenizer, paths, passage_tokens=DEFAULT_PASSAGE_TOKENS, max_passages=None, seed=0):
+    """``(path, start, tokens)`` of the passages of ``passage_tokens`` tokens
+    cut from each file in ``paths`` (at most ``max_passages``, drawn at
+    random with ``seed``), in file order."""
+    if passage_tokens < 1:
+        raise ValueError("passage_tokens must be >= 1, got %d" % passage_tokens)
+    passages = []
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            tokens = np.asarray(tokenizer.encode(f.read()), dtype=np.uint32)
+        for start in range(0, tokens.size - passage_tokens + 1, passage_tokens):
+            passages.append((os.fspath(path), start, tokens[start:start + passage_tokens]))
+    if not passages:
+        raise ValueError("the corpus has no passage of %d tokens" % passage_tokens)
+    if max_passages is not None and len(passages) > max_passages:
+        keep = np.sort(np.random.default_rng(seed).choice(len(passages), size=max_passages, replace=False))
+        passages = [passages[i] for i in keep]
+    return passages
+
+
+def collect(model, passages, parts=ALL_PARTS, progress=None, sources=()):
+    """``EmbedStats`` of the embeddings (``parts``) of ``passages`` (token
+    sequences, each read from the initial state)."""
+    check_model(model)
+    parts = Parts.parse(parts).resolved(model.n_layer)
+    running = RunningStats(parts.dim(model.n_layer, model.n_embed))
+    lengths = set()
+    for i, tokens in enumerate(passages):
+        _, state = model.eval_sequence(tokens, logits=False)
+        running.update(from_state(state, model.n_layer, model.n_embed, parts))
+        lengths.add(len(tokens))
+        if progress:
+            progress((i + 1) / len(passages))
+    if running.count < 2:
+        raise ValueError("need at least 2 passages to estimate a spread, got %d" % running.count)
+    return EmbedStats.from_running(model, parts, running, passage_tokens=max(lengths),
+                                   sources=[os.path.basename(s) for s in sources])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m rwkv_cpp.embed_stats",
+                                 description="Per-channel statistics for normalising sentence embeddings.",
+                                 epilog=__doc__.split("\n\n", 2)[2],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model", help="model file (GGUF or rwkv.cpp .bin), RWKV-4")
+    ap.add_argument("corpus", nargs="+", help="UTF-8 text files")
+    ap.add_argument("-o", "--output", required=True, help="statistics file to write")
+    ap.add_argument("--parts", default=ALL_PARTS, help="parts to collect (default: all parts of every layer)")
+    ap.add_argument("--passage-tokens", type=int, default=DEFAULT_PASSAGE_TOKENS, help="tokens per passage")
+    ap.add_argument("--max-passages", type=int, default=DEFAULT_MAX_PASSAGES,
+                    help="at most this many passages, drawn at random (0: all)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the passage draw")
+    ap.add_argument("--tokenizer", default=None, help="world, 20B or bytes (default: from the model's metadata)")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    args = ap.parse_args(argv)
+
+    from .errors import RWKVError
+    from .tokenizers import for_model
+    try:
+        with Model(args.model, n_threads=args.threads) as model:
+            check_model(model)
+            passages = corpus_passages(for_model(model, args.tokenizer), args.corpus, args.passage_tokens,
+                                       args.max_passages or None, args.seed)
+            bar = Progress("embedding %d passages" % len(passages), enabled=not args.quiet)
+            stats = collect(model, [p[2] for p in passages], args.parts, bar.update, sources=args.corpus)
+            bar.close()
+            stats.save(args.output)
+    except (RWKVError, OSError, ValueError) as exc:
+        print("error: %s" % exc, file=sys.stderr)
+        return 1
+    print("wrote %s: %d passages of %d tokens from %d file(s); parts %s (%d channels)" % (
+        args.output, stats.n_passages, stats.passage_tokens, len(args.corpus), stats.parts.spec, stats.mean.size))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
