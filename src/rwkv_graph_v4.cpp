@@ -2,6 +2,7 @@
 // block of ggml calls is preceded by the equivalent PyTorch expression of the
 // official implementation (rwkv/model.py, att_seq / ffn_seq).
 #include "rwkv_graph.h"
+#include "rwkv_graph_common.h"
 
 #include "rwkv_model.h"
 #include "rwkv_ops.h"
@@ -12,16 +13,8 @@ namespace rwkv {
 
 namespace {
 
+using blocks::state_view;
 
-// F.layer_norm(x, (D,), weight=w, bias=b)
-ggml_tensor * layer_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, ggml_tensor * b, float eps) {
-    return ggml_add(ctx, ggml_mul(ctx, ggml_norm(ctx, x, eps), w), b);
-}
-
-// A slice of the state vector as a 1-D view.
-ggml_tensor * state_view(ggml_context * ctx, ggml_tensor * state, size_t offset, int64_t n) {
-    return ggml_view_1d(ctx, state, n, offset * sizeof(float));
-}
 
 // Column block m (T columns) of a [D, n*T] tensor.
 ggml_tensor * column_block(ggml_context * ctx, ggml_tensor * t, int64_t m, int64_t T) {
@@ -79,29 +72,14 @@ ggml_tensor * channel_mixing(ggml_context * ctx, ggml_cgraph * gf, const Model &
 
 
 void build_graph_v4(ggml_context * ctx, ggml_cgraph * gf, const Model & m, GraphIO & io, LogitsMode logits) {
-    const HParams & hp = m.hparams();
-    // x = emb[tokens]  (ln0 was applied to emb at conversion, as the official
-    // loader does; files that keep ln0 apply it here)
-    ggml_tensor * x = ggml_get_rows(ctx, m.emb, io.tokens);
-    if (!hp.emb_ln0_applied) {
-        x = layer_norm(ctx, x, m.ln0_w, m.ln0_b, hp.ln_eps);
-    }
-    for (uint32_t il = 0; il < hp.n_layer; ++il) {
+    // x = emb[tokens]  (ln0 folded into emb at conversion, or applied here)
+    ggml_tensor * x = blocks::embed(ctx, m, io);
+    for (uint32_t il = 0; il < m.hparams().n_layer; ++il) {
         x = time_mixing(ctx, gf, m, il, x, io);
         x = channel_mixing(ctx, gf, m, il, x, io);
     }
-    io.logits = nullptr;
-    if (logits != LogitsMode::NONE) {
-        // x = F.layer_norm(x[-1], ..., ln_out) @ head   (every x for ALL)
-        if (logits == LogitsMode::LAST) {
-            x = ggml_view_2d(ctx, x, hp.n_embed, 1, x->nb[1], (x->ne[1] - 1) * x->nb[1]);
-        }
-        ggml_tensor * h = layer_norm(ctx, x, m.ln_out_w, m.ln_out_b, hp.ln_eps);
-        io.logits = ggml_mul_mat(ctx, m.head, h);
-        ggml_set_name(io.logits, "logits");
-        ggml_set_output(io.logits);
-        ggml_build_forward_expand(gf, io.logits);
-    }
+    // F.layer_norm(x[-1], ..., ln_out) @ head   (every x for ALL)
+    blocks::output_logits(ctx, gf, m, x, io, logits);
 }
 
 }  // namespace rwkv
