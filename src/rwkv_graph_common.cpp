@@ -2,6 +2,7 @@
 
 #include "rwkv_graph.h"
 #include "rwkv_model.h"
+#include "rwkv_ops.h"
 #include "rwkv_ops_v5plus.h"
 
 #include "ggml.h"
@@ -60,6 +61,10 @@ Shifted norm_shift(ggml_context * ctx, ggml_cgraph * gf, const Model & m, ggml_t
     return {xx, state_view(ctx, io.state_in, offset, hp.n_embed)};
 }
 
+ggml_tensor * column_block(ggml_context * ctx, ggml_tensor * t, int64_t m, int64_t T) {
+    return ggml_view_2d(ctx, t, t->ne[0], T, t->nb[1], m * T * t->nb[1]);
+}
+
 ggml_tensor * block(ggml_context * ctx, ggml_tensor * t, int64_t i) {
     return ggml_view_2d(ctx, t, t->ne[0], t->ne[1], t->nb[1], i * t->nb[2]);
 }
@@ -74,13 +79,29 @@ ggml_tensor * wkv_output(ggml_context * ctx, ggml_cgraph * gf, ggml_tensor * out
 ggml_tensor * channel_mix_rkv(ggml_context * ctx, ggml_cgraph * gf, const Model & m, ggml_tensor * x,
                               const FfnRKV & f, ggml_tensor * ln_w, ggml_tensor * ln_b, const GraphIO & io,
                               size_t offset, MixForm form) {
-    const Shifted s = norm_shift(ctx, gf, m, x, ln_w, ln_b, io, offset);
     ggml_tensor * const mu[] = {f.mix_k, f.mix_r};
-    ggml_tensor * mixed = shift_mix(ctx, s.xx, s.x_prev, mu, 2, form);
-    // r = sigmoid(rx @ rw); vx = relu(kx @ kw) ** 2; x + r * (vx @ vw)
-    ggml_tensor * r = ggml_sigmoid(ctx, ggml_mul_mat(ctx, f.r, block(ctx, mixed, 1)));
-    ggml_tensor * vx = ggml_sqr(ctx, ggml_relu(ctx, ggml_mul_mat(ctx, f.k, block(ctx, mixed, 0))));
-    return ggml_add(ctx, x, ggml_mul(ctx, r, ggml_mul_mat(ctx, f.v, vx)));
+    ggml_tensor * kx;
+    ggml_tensor * rx;
+    if (form == MixForm::V4) {
+        // xx = F.layer_norm(x, ln2); sx = cat(state_xx, xx[:-1]);
+        // kx, rx = xx * mix + sx * (1 - mix)   (one fused node, which also
+        // writes xx[-1] into the output state)
+        const HParams & hp = m.hparams();
+        ggml_tensor * mixed = ln_shift_mix(ctx, x, ln_w, ln_b, state_view(ctx, io.state_in, offset, hp.n_embed),
+                                           state_view(ctx, io.state_out, offset, hp.n_embed), mu, 2, &hp.ln_eps);
+        ggml_build_forward_expand(gf, mixed);  // keep its state write even without a consumer
+        kx = column_block(ctx, mixed, 0, x->ne[1]);
+        rx = column_block(ctx, mixed, 1, x->ne[1]);
+    } else {
+        // v6: kx, rx = xx + (sx - xx) * maa
+        const Shifted s = norm_shift(ctx, gf, m, x, ln_w, ln_b, io, offset);
+        ggml_tensor * mixed = shift_mix(ctx, s.xx, s.x_prev, mu, 2, form);
+        kx = block(ctx, mixed, 0);
+        rx = block(ctx, mixed, 1);
+    }
+    // vx = relu(kx @ kw) ** 2; x + sigmoid(rx @ rw) * (vx @ vw)   (fused ops)
+    ggml_tensor * vx = relu_sq(ctx, ggml_mul_mat(ctx, f.k, kx));
+    return gated_residual(ctx, x, ggml_mul_mat(ctx, f.r, rx), ggml_mul_mat(ctx, f.v, vx));
 }
 
 }  // namespace blocks

@@ -52,6 +52,9 @@ struct Shifted {
 Shifted norm_shift(ggml_context * ctx, ggml_cgraph * gf, const Model & m, ggml_tensor * x, ggml_tensor * w,
                    ggml_tensor * b, const GraphIO & io, size_t offset);
 
+// Column block m (T columns) of a [D, n*T] tensor (the fused ln_shift_mix output).
+ggml_tensor * column_block(ggml_context * ctx, ggml_tensor * t, int64_t m, int64_t T);
+
 // Block i ([D, T]) of a [D, T, n] tensor.
 ggml_tensor * block(ggml_context * ctx, ggml_tensor * t, int64_t i);
 
@@ -60,7 +63,7 @@ ggml_tensor * block(ggml_context * ctx, ggml_tensor * t, int64_t i);
 ggml_tensor * wkv_output(ggml_context * ctx, ggml_cgraph * gf, ggml_tensor * out, int64_t n_tokens,
                          const GraphIO & io, size_t offset);
 
-// Channel mixing with receptance (RWKV-5 ffn_one, RWKV-6 ffn_one_v6):
+// Channel mixing with receptance (RWKV-4/5 ffn_one, RWKV-6 ffn_one_v6):
 //   kx, rx = mix(xx, sx, k), mix(xx, sx, r)      (form: v5 or v6 mix)
 //   x + sigmoid(rx @ rw) * (relu(kx @ kw) ** 2 @ vw)
 ggml_tensor * channel_mix_rkv(ggml_context * ctx, ggml_cgraph * gf, const Model & m, ggml_tensor * x,

@@ -6,6 +6,7 @@
 
 #include "rwkv_model.h"
 #include "rwkv_ops.h"
+#include "rwkv_ops_v5plus.h"
 
 #include "ggml.h"
 
@@ -13,13 +14,8 @@ namespace rwkv {
 
 namespace {
 
+using blocks::column_block;
 using blocks::state_view;
-
-
-// Column block m (T columns) of a [D, n*T] tensor.
-ggml_tensor * column_block(ggml_context * ctx, ggml_tensor * t, int64_t m, int64_t T) {
-    return ggml_view_2d(ctx, t, t->ne[0], T, t->nb[1], m * T * t->nb[1]);
-}
 
 // Time mixing (attention) of one layer; returns x + att(x).
 ggml_tensor * time_mixing(ggml_context * ctx, ggml_cgraph * gf, const Model & m, uint32_t il, ggml_tensor * x,
@@ -50,24 +46,6 @@ ggml_tensor * time_mixing(ggml_context * ctx, ggml_cgraph * gf, const Model & m,
     return ggml_add(ctx, x, ggml_mul_mat(ctx, l.att_o, rwkv));
 }
 
-// Channel mixing (FFN) of one layer; returns x + ffn(x).
-ggml_tensor * channel_mixing(ggml_context * ctx, ggml_cgraph * gf, const Model & m, uint32_t il, ggml_tensor * x,
-                             GraphIO & io) {
-    const LayerV4 & l = m.layers[il];
-    const HParams & hp = m.hparams();
-    const int64_t T = x->ne[1];
-    // xx = F.layer_norm(x, ln2); sx = cat(state_xx, xx[:-1]); kx, rx = mixes   (one fused node)
-    ggml_tensor * mixes[] = {l.ffn_mix_k, l.ffn_mix_r};
-    const size_t xx_off = m.v4_state_offset(il, V4_FFN_XX);
-    ggml_tensor * kr = ln_shift_mix(ctx, x, l.ln2_w, l.ln2_b, state_view(ctx, io.state_in, xx_off, hp.n_embed),
-                                    state_view(ctx, io.state_out, xx_off, hp.n_embed), mixes, 2, &hp.ln_eps);
-    ggml_build_forward_expand(gf, kr);  // writes the state (see time_mixing)
-    // vx = relu(kx @ kw) ** 2; x + sigmoid(rx @ rw) * (vx @ vw)
-    ggml_tensor * vx = relu_sq(ctx, ggml_mul_mat(ctx, l.ffn_k, column_block(ctx, kr, 0, T)));
-    ggml_tensor * r = ggml_mul_mat(ctx, l.ffn_r, column_block(ctx, kr, 1, T));
-    return gated_residual(ctx, x, r, ggml_mul_mat(ctx, l.ffn_v, vx));
-}
-
 }  // namespace
 
 
@@ -76,7 +54,9 @@ void build_graph_v4(ggml_context * ctx, ggml_cgraph * gf, const Model & m, Graph
     ggml_tensor * x = blocks::embed(ctx, m, io);
     for (uint32_t il = 0; il < m.hparams().n_layer; ++il) {
         x = time_mixing(ctx, gf, m, il, x, io);
-        x = channel_mixing(ctx, gf, m, il, x, io);
+        const LayerV4 & l = m.layers[il];
+        x = blocks::channel_mix_rkv(ctx, gf, m, x, l.ffn, l.ln2_w, l.ln2_b, io, m.v4_state_offset(il, V4_FFN_XX),
+                                    MixForm::V4);
     }
     // F.layer_norm(x[-1], ..., ln_out) @ head   (every x for ALL)
     blocks::output_logits(ctx, gf, m, x, io, logits);

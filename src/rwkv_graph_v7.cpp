@@ -5,6 +5,7 @@
 
 #include "rwkv_graph_common.h"
 #include "rwkv_model.h"
+#include "rwkv_ops.h"
 #include "rwkv_ops_v5plus.h"
 
 #include "ggml.h"
@@ -65,7 +66,7 @@ ggml_tensor * channel_mixing(ggml_context * ctx, ggml_cgraph * gf, const Model &
     const blocks::Shifted s =
         blocks::norm_shift(ctx, gf, m, x, l.att.ln2_w, l.att.ln2_b, io, m.wkv_state_offset(il, WKV_FFN_XX));
     ggml_tensor * kx = shift_mix(ctx, s.xx, s.x_prev, &l.ffn_x_k, 1, MixForm::V6);
-    ggml_tensor * k = ggml_sqr(ctx, ggml_relu(ctx, ggml_mul_mat(ctx, l.ffn_k, kx)));
+    ggml_tensor * k = relu_sq(ctx, ggml_mul_mat(ctx, l.ffn_k, kx));
     return ggml_add(ctx, x, ggml_mul_mat(ctx, l.ffn_v, k));
 }
 

@@ -319,11 +319,11 @@ void Model::bind_tensors_v4() {
             {p + "att.output.weight", Kind::MATRIX, A, D, &l.att_o},
             {p + "ln2.weight", Kind::VECTOR, D, 1, &l.ln2_w},
             {p + "ln2.bias", Kind::VECTOR, D, 1, &l.ln2_b},
-            {p + "ffn.time_mix_k", Kind::VECTOR, D, 1, &l.ffn_mix_k},
-            {p + "ffn.time_mix_r", Kind::VECTOR, D, 1, &l.ffn_mix_r},
-            {p + "ffn.key.weight", Kind::MATRIX, D, F, &l.ffn_k},
-            {p + "ffn.receptance.weight", Kind::MATRIX, D, D, &l.ffn_r},
-            {p + "ffn.value.weight", Kind::MATRIX, F, D, &l.ffn_v},
+            {p + "ffn.time_mix_k", Kind::VECTOR, D, 1, &l.ffn.mix_k},
+            {p + "ffn.time_mix_r", Kind::VECTOR, D, 1, &l.ffn.mix_r},
+            {p + "ffn.key.weight", Kind::MATRIX, D, F, &l.ffn.k},
+            {p + "ffn.receptance.weight", Kind::MATRIX, D, D, &l.ffn.r},
+            {p + "ffn.value.weight", Kind::MATRIX, F, D, &l.ffn.v},
         };
         specs.insert(specs.end(), layer_specs.begin(), layer_specs.end());
     }

@@ -61,6 +61,16 @@ struct TensorEntry {
 // RWKV-4 state: per layer, five vectors in the official order.
 enum V4StateSlot { V4_ATT_XX = 0, V4_ATT_AA = 1, V4_ATT_BB = 2, V4_ATT_PP = 3, V4_FFN_XX = 4, V4_SLOTS = 5 };
 
+// Channel mixing with receptance (v4 and v5: time_mix_k/r; v6: time_maa_k/r):
+// the same tensors and maths in every version that has it.
+struct FfnRKV {
+    ggml_tensor * mix_k = nullptr;
+    ggml_tensor * mix_r = nullptr;
+    ggml_tensor * k = nullptr;
+    ggml_tensor * r = nullptr;
+    ggml_tensor * v = nullptr;
+};
+
 struct LayerV4 {
     ggml_tensor * ln1_w = nullptr;
     ggml_tensor * ln1_b = nullptr;
@@ -75,11 +85,7 @@ struct LayerV4 {
     ggml_tensor * att_o = nullptr;
     ggml_tensor * ln2_w = nullptr;
     ggml_tensor * ln2_b = nullptr;
-    ggml_tensor * ffn_mix_k = nullptr;
-    ggml_tensor * ffn_mix_r = nullptr;
-    ggml_tensor * ffn_k = nullptr;
-    ggml_tensor * ffn_r = nullptr;
-    ggml_tensor * ffn_v = nullptr;
+    FfnRKV ffn;
 };
 
 // RWKV-5/6/7 state: per layer, the att token-shift vector (D), the WKV
@@ -87,15 +93,6 @@ struct LayerV4 {
 // vector (D), in the official order.  v5/v6 hold each head's matrix as
 // (key, value), v7 as (value, key).
 enum WkvStateSlot { WKV_ATT_XX = 0, WKV_ATT_STATE = 1, WKV_FFN_XX = 2 };
-
-// Channel mixing of v5 (time_mix_k/r) and v6 (time_maa_k/r): same tensors.
-struct FfnRKV {
-    ggml_tensor * mix_k = nullptr;
-    ggml_tensor * mix_r = nullptr;
-    ggml_tensor * k = nullptr;
-    ggml_tensor * r = nullptr;
-    ggml_tensor * v = nullptr;
-};
 
 // Tensors shared by the time mixing of v5, v6 and v7.
 struct AttCommon {
