@@ -28,6 +28,7 @@ sys.path.insert(0, str(HERE))
 import rwkv_cpp  # noqa: E402
 from rwkv_cpp.compare import compare_logits  # noqa: E402
 from rwkv_cpp.quantize import quantize  # noqa: E402
+from bench_speed import ggml_build  # noqa: E402
 
 TYPES = ["FP32", "FP16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0"]
 CHECK_TOKENS = 128
@@ -93,13 +94,6 @@ def main():
             t, min(times[name]), max(times[name]), base / t))
     for m in models.values():
         m.close()
-
-
-def ggml_build():
-    import libggml
-    lib = Path(libggml.__file__).parent
-    return "native build (libggml/lib)" if (lib / "lib").exists() and not (lib / "lib64").exists() \
-        else "prebuilt AVX2 wheel (libggml/lib64)"
 
 
 if __name__ == "__main__":

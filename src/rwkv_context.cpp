@@ -188,13 +188,15 @@ void Context::eval(const uint32_t * tokens, size_t n_tokens, const float * state
         } else if (mode == LogitsMode::LAST) {
             std::memcpy(logits_out, g->io.logits->data, n_vocab * sizeof(float));
         }
-        // Carry the state through a buffer of ours: the next chunk's graph
-        // may evict this one from the cache.
-        std::memcpy(carry_.data(), g->io.state_out->data, n_state * sizeof(float));
-        cur = carry_.data();
         done += n;
+        if (done < n_tokens) {
+            // Carry the state through a buffer of ours: the next chunk's
+            // graph may evict this one from the cache.
+            std::memcpy(carry_.data(), g->io.state_out->data, n_state * sizeof(float));
+            cur = carry_.data();
+        }
     }
-    std::memcpy(state_out, carry_.data(), n_state * sizeof(float));
+    std::memcpy(state_out, g->io.state_out->data, n_state * sizeof(float));
 }
 
 }  // namespace rwkv

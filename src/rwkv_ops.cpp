@@ -135,7 +135,7 @@ void wkv4_kernel(int A, int T, int c0, int c1, const float * k, const float * v,
             float e1 = std::exp(pp[c] - p);
             float e2 = std::exp(ww - p);
             const float wkv = (e1 * aa[c] + e2 * vv) / (e1 * bb[c] + e2);
-            out[o + c] = r != nullptr ? sigmoid(r[o + c]) * wkv : wkv;
+            out[o + c] = sigmoid(r[o + c]) * wkv;
             // State update: decay the past by exp(w) (w = -exp(time_decay) < 0)
             // and add the current token, again relative to the new max p.
             ww = decay[c] + pp[c];

@@ -42,8 +42,8 @@ ggml_tensor * relu_sq(ggml_context * ctx, ggml_tensor * x);
 // x + torch.sigmoid(r) * v   (all of one shape)
 ggml_tensor * gated_residual(ggml_context * ctx, ggml_tensor * x, ggml_tensor * r, ggml_tensor * v);
 
-// The scalar WKV-4 kernel over channels [c0, c1): writes out (gated by
-// sigmoid(r) when r is not null) and the new (aa, bb, pp) into state_out.
+// The scalar WKV-4 kernel over channels [c0, c1): writes out = sigmoid(r) *
+// wkv and the new (aa, bb, pp) into state_out.
 void wkv4_kernel(int n_channels, int n_tokens, int c0, int c1, const float * k, const float * v, const float * r,
                  const float * first, const float * decay, const float * state_in, float * out, float * state_out);
 
