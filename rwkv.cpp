@@ -87,6 +87,7 @@ const char * rwkv_type_str(enum rwkv_type type) {
 struct rwkv_model_params rwkv_model_default_params(void) {
     rwkv_model_params p;
     p.use_mmap = true;
+    p.repack = true;
     p.log_callback = nullptr;
     p.log_user_data = nullptr;
     return p;

@@ -77,6 +77,11 @@ struct rwkv_context;
 
 struct rwkv_model_params {
     bool use_mmap;                 /* map the file instead of reading it (default true) */
+    /* Re-lay F16 and quantized matrices out for the library's AVX-512 VNNI
+     * kernels at load (default true; a no-op on CPUs without AVX-512 VNNI).
+     * Costs a copy of those matrices at load, whose mapped pages are then
+     * released; false keeps every weight in the file's pages (ggml kernels). */
+    bool repack;
     rwkv_log_callback log_callback; /* NULL: the library stays silent                    */
     void * log_user_data;
 };

@@ -114,6 +114,18 @@ std::unique_ptr<FileData> FileData::open(const std::string & path, bool use_mmap
     return f;
 }
 
+void FileData::drop_pages(const uint8_t * p, size_t n) const {
+    if (!mapped_ || n == 0) {
+        return;
+    }
+    const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+    const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + page - 1) / page * page;
+    const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + n) / page * page;
+    if (end > begin) {
+        madvise(reinterpret_cast<void *>(begin), end - begin, MADV_DONTNEED);  // advisory: failure is harmless
+    }
+}
+
 FileData::~FileData() {
     if (data_ == nullptr) {
         return;

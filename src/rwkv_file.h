@@ -26,6 +26,10 @@ public:
 
     const uint8_t * data() const { return data_; }
     size_t size() const { return size_; }
+    // Tells the kernel that [p, p + n) of a mapped file will not be read
+    // again: its whole pages leave the process's resident memory (they stay
+    // in the page cache).  Does nothing for a file read into memory.
+    void drop_pages(const uint8_t * p, size_t n) const;
 
 private:
     FileData() = default;

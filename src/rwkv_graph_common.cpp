@@ -4,11 +4,17 @@
 #include "rwkv_model.h"
 #include "rwkv_ops.h"
 #include "rwkv_ops_v5plus.h"
+#include "rwkv_packed.h"
 
 #include "ggml.h"
 
 namespace rwkv {
 namespace blocks {
+
+ggml_tensor * matmul(ggml_context * ctx, const Model & m, ggml_tensor * w, ggml_tensor * x) {
+    const PackedMatrix * p = m.packed(w);
+    return p != nullptr ? packed_mul_mat(ctx, *p, x) : ggml_mul_mat(ctx, w, x);
+}
 
 ggml_tensor * layer_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, ggml_tensor * b, float eps) {
     return ggml_add(ctx, ggml_mul(ctx, ggml_norm(ctx, x, eps), w), b);
@@ -47,7 +53,7 @@ void output_logits(ggml_context * ctx, ggml_cgraph * gf, const Model & m, ggml_t
         x = ggml_view_2d(ctx, x, hp.n_embed, 1, x->nb[1], (x->ne[1] - 1) * x->nb[1]);
     }
     ggml_tensor * h = layer_norm(ctx, x, m.ln_out_w, m.ln_out_b, hp.ln_eps);
-    io.logits = ggml_mul_mat(ctx, m.head, h);
+    io.logits = blocks::matmul(ctx, m, m.head, h);
     ggml_set_name(io.logits, "logits");
     ggml_set_output(io.logits);
     ggml_build_forward_expand(gf, io.logits);
@@ -100,8 +106,8 @@ ggml_tensor * channel_mix_rkv(ggml_context * ctx, ggml_cgraph * gf, const Model 
         rx = block(ctx, mixed, 1);
     }
     // vx = relu(kx @ kw) ** 2; x + sigmoid(rx @ rw) * (vx @ vw)   (fused ops)
-    ggml_tensor * vx = relu_sq(ctx, ggml_mul_mat(ctx, f.k, kx));
-    return gated_residual(ctx, x, ggml_mul_mat(ctx, f.r, rx), ggml_mul_mat(ctx, f.v, vx));
+    ggml_tensor * vx = relu_sq(ctx, blocks::matmul(ctx, m, f.k, kx));
+    return gated_residual(ctx, x, blocks::matmul(ctx, m, f.r, rx), blocks::matmul(ctx, m, f.v, vx));
 }
 
 }  // namespace blocks

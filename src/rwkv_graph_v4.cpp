@@ -30,9 +30,9 @@ ggml_tensor * time_mixing(ggml_context * ctx, ggml_cgraph * gf, const Model & m,
     ggml_tensor * kvr = ln_shift_mix(ctx, x, l.ln1_w, l.ln1_b, state_view(ctx, io.state_in, xx_off, hp.n_embed),
                                      state_view(ctx, io.state_out, xx_off, hp.n_embed), mixes, 3, &hp.ln_eps);
     // k = kx @ kw; v = vx @ vw; r = rx @ rw
-    ggml_tensor * k = ggml_mul_mat(ctx, l.att_k, column_block(ctx, kvr, 0, T));
-    ggml_tensor * v = ggml_mul_mat(ctx, l.att_v, column_block(ctx, kvr, 1, T));
-    ggml_tensor * r = ggml_mul_mat(ctx, l.att_r, column_block(ctx, kvr, 2, T));
+    ggml_tensor * k = blocks::matmul(ctx, m, l.att_k, column_block(ctx, kvr, 0, T));
+    ggml_tensor * v = blocks::matmul(ctx, m, l.att_v, column_block(ctx, kvr, 1, T));
+    ggml_tensor * r = blocks::matmul(ctx, m, l.att_r, column_block(ctx, kvr, 2, T));
     // sigmoid(r) * wkv, and the new (aa, bb, pp): the max-exponent recurrence
     const size_t aa_off = m.v4_state_offset(il, V4_ATT_AA);
     ggml_tensor * rwkv = wkv4_gated(ctx, k, v, r, l.att_first, l.att_decay,
@@ -43,7 +43,7 @@ ggml_tensor * time_mixing(ggml_context * ctx, ggml_cgraph * gf, const Model & m,
     ggml_build_forward_expand(gf, kvr);
     ggml_build_forward_expand(gf, rwkv);
     // x + (sigmoid(r) * wkv) @ ow
-    return ggml_add(ctx, x, ggml_mul_mat(ctx, l.att_o, rwkv));
+    return ggml_add(ctx, x, blocks::matmul(ctx, m, l.att_o, rwkv));
 }
 
 }  // namespace

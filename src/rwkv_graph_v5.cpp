@@ -27,9 +27,9 @@ ggml_tensor * time_mixing(ggml_context * ctx, ggml_cgraph * gf, const Model & m,
     ggml_tensor * const mu[] = {l.mix_k, l.mix_v, l.mix_r, l.mix_g};
     ggml_tensor * mixed = shift_mix(ctx, s.xx, s.x_prev, mu, hp.has_gate ? 4 : 3, MixForm::V4);
     // r = rx @ rw; k = kx @ kw; v = vx @ vw   (no sigmoid on r from v5 on)
-    ggml_tensor * r = ggml_mul_mat(ctx, l.att.r, blocks::block(ctx, mixed, 2));
-    ggml_tensor * k = ggml_mul_mat(ctx, l.att.k, blocks::block(ctx, mixed, 0));
-    ggml_tensor * v = ggml_mul_mat(ctx, l.att.v, blocks::block(ctx, mixed, 1));
+    ggml_tensor * r = blocks::matmul(ctx, m, l.att.r, blocks::block(ctx, mixed, 2));
+    ggml_tensor * k = blocks::matmul(ctx, m, l.att.k, blocks::block(ctx, mixed, 0));
+    ggml_tensor * v = blocks::matmul(ctx, m, l.att.v, blocks::block(ctx, mixed, 1));
     // out = GroupNorm(r @ (u * k @ v + s)); s = k @ v + w * s
     const size_t s_off = m.wkv_state_offset(il, WKV_ATT_STATE);
     ggml_tensor * state = blocks::state_view(ctx, io.state_in, s_off, int64_t(hp.n_embed) * hp.head_size);
@@ -37,10 +37,10 @@ ggml_tensor * time_mixing(ggml_context * ctx, ggml_cgraph * gf, const Model & m,
     ggml_tensor * y = blocks::wkv_output(ctx, gf, out, T, io, s_off);
     if (hp.has_gate) {
         // out = out * F.silu(gx @ gw)
-        y = ggml_mul(ctx, y, ggml_silu(ctx, ggml_mul_mat(ctx, l.att.g, blocks::block(ctx, mixed, 3))));
+        y = ggml_mul(ctx, y, ggml_silu(ctx, blocks::matmul(ctx, m, l.att.g, blocks::block(ctx, mixed, 3))));
     }
     // x + out @ ow
-    return ggml_add(ctx, x, ggml_mul_mat(ctx, l.att.o, y));
+    return ggml_add(ctx, x, blocks::matmul(ctx, m, l.att.o, y));
 }
 
 }  // namespace

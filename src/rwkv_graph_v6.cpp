@@ -39,10 +39,10 @@ ggml_tensor * time_mixing(ggml_context * ctx, ggml_cgraph * gf, const Model & m,
         blocks::norm_shift(ctx, gf, m, x, l.att.ln1_w, l.att.ln1_b, io, m.wkv_state_offset(il, WKV_ATT_XX));
     ggml_tensor * mixed = data_dependent_mix(ctx, l, s);  // wx, kx, vx, rx, gx
     // r = rx @ rw; k = kx @ kw; v = vx @ vw; g = F.silu(gx @ gw)
-    ggml_tensor * r = ggml_mul_mat(ctx, l.att.r, blocks::block(ctx, mixed, 3));
-    ggml_tensor * k = ggml_mul_mat(ctx, l.att.k, blocks::block(ctx, mixed, 1));
-    ggml_tensor * v = ggml_mul_mat(ctx, l.att.v, blocks::block(ctx, mixed, 2));
-    ggml_tensor * g = ggml_silu(ctx, ggml_mul_mat(ctx, l.att.g, blocks::block(ctx, mixed, 4)));
+    ggml_tensor * r = blocks::matmul(ctx, m, l.att.r, blocks::block(ctx, mixed, 3));
+    ggml_tensor * k = blocks::matmul(ctx, m, l.att.k, blocks::block(ctx, mixed, 1));
+    ggml_tensor * v = blocks::matmul(ctx, m, l.att.v, blocks::block(ctx, mixed, 2));
+    ggml_tensor * g = ggml_silu(ctx, blocks::matmul(ctx, m, l.att.g, blocks::block(ctx, mixed, 4)));
     // w = t_decay + tanh(wx @ td_w1) @ td_w2   (exp(-exp(w)) is taken in wkv5)
     ggml_tensor * w_lora =
         ggml_mul_mat(ctx, l.decay_w2, ggml_tanh(ctx, ggml_mul_mat(ctx, l.decay_w1, blocks::block(ctx, mixed, 0))));
@@ -52,7 +52,7 @@ ggml_tensor * time_mixing(ggml_context * ctx, ggml_cgraph * gf, const Model & m,
     ggml_tensor * out = wkv5(ctx, hp, r, k, v, l.decay, w_lora, l.bonus, l.att.lnx_w, l.att.lnx_b, state);
     ggml_tensor * y = blocks::wkv_output(ctx, gf, out, T, io, s_off);
     // x + (out * g) @ ow
-    return ggml_add(ctx, x, ggml_mul_mat(ctx, l.att.o, ggml_mul(ctx, y, g)));
+    return ggml_add(ctx, x, blocks::matmul(ctx, m, l.att.o, ggml_mul(ctx, y, g)));
 }
 
 }  // namespace

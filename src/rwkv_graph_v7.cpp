@@ -35,9 +35,9 @@ ggml_tensor * time_mixing(ggml_context * ctx, ggml_cgraph * gf, const Model & m,
     ggml_tensor * mixed = shift_mix(ctx, s.xx, s.x_prev, l.x, V7_MIXES, MixForm::V6);
     ggml_tensor * xv = blocks::block(ctx, mixed, V7_MIX_V);
     // r = xr @ R_; k = xk @ K_; v = xv @ V_
-    ggml_tensor * r = ggml_mul_mat(ctx, l.att.r, blocks::block(ctx, mixed, V7_MIX_R));
-    ggml_tensor * k = ggml_mul_mat(ctx, l.att.k, blocks::block(ctx, mixed, V7_MIX_K));
-    ggml_tensor * v = ggml_mul_mat(ctx, l.att.v, xv);
+    ggml_tensor * r = blocks::matmul(ctx, m, l.att.r, blocks::block(ctx, mixed, V7_MIX_R));
+    ggml_tensor * k = blocks::matmul(ctx, m, l.att.k, blocks::block(ctx, mixed, V7_MIX_K));
+    ggml_tensor * v = blocks::matmul(ctx, m, l.att.v, xv);
     // w = tanh(xw @ w1) @ w2;  a = (xa @ a1) @ a2  (w0, a0, sigmoid: in the ops)
     ggml_tensor * w_lora = lora(ctx, blocks::block(ctx, mixed, V7_MIX_W), l.w1, l.w2, ggml_tanh);
     ggml_tensor * a_lora = lora(ctx, blocks::block(ctx, mixed, V7_MIX_A), l.a1, l.a2, nullptr);
@@ -55,7 +55,7 @@ ggml_tensor * time_mixing(ggml_context * ctx, ggml_cgraph * gf, const Model & m,
     ggml_tensor * out = wkv7(ctx, hp, r, w_lora, l.w0, prep, l.r_k, l.att.lnx_w, l.att.lnx_b, state);
     ggml_tensor * y = blocks::wkv_output(ctx, gf, out, T, io, s_off);
     // x + (xx * g) @ O_
-    return ggml_add(ctx, x, ggml_mul_mat(ctx, l.att.o, ggml_mul(ctx, y, g)));
+    return ggml_add(ctx, x, blocks::matmul(ctx, m, l.att.o, ggml_mul(ctx, y, g)));
 }
 
 // Channel mixing of one layer; returns x + ffn(x):
@@ -66,8 +66,8 @@ ggml_tensor * channel_mixing(ggml_context * ctx, ggml_cgraph * gf, const Model &
     const blocks::Shifted s =
         blocks::norm_shift(ctx, gf, m, x, l.att.ln2_w, l.att.ln2_b, io, m.wkv_state_offset(il, WKV_FFN_XX));
     ggml_tensor * kx = shift_mix(ctx, s.xx, s.x_prev, &l.ffn_x_k, 1, MixForm::V6);
-    ggml_tensor * k = relu_sq(ctx, ggml_mul_mat(ctx, l.ffn_k, kx));
-    return ggml_add(ctx, x, ggml_mul_mat(ctx, l.ffn_v, k));
+    ggml_tensor * k = relu_sq(ctx, blocks::matmul(ctx, m, l.ffn_k, kx));
+    return ggml_add(ctx, x, blocks::matmul(ctx, m, l.ffn_v, k));
 }
 
 }  // namespace

@@ -1,11 +1,17 @@
 #include "rwkv_model.h"
 
+#include "rwkv_packed.h"
+
 #include "ggml-backend.h"
 #include "ggml-cpu.h"
 #include "ggml.h"
 
+#include <atomic>
+#include <chrono>
+#include <mutex>
 #include <cstring>
 #include <set>
+#include <thread>
 
 namespace rwkv {
 
@@ -228,6 +234,9 @@ std::unique_ptr<Model> Model::load(const std::string & path, const rwkv_model_pa
     m->read_hparams();
     m->bind_tensors();
     m->map_weights();
+    if (params.repack && packed_kernels_available()) {
+        m->pack_weights();
+    }
     m->log_.log(RWKV_LOG_LEVEL_INFO, "loaded '%s': RWKV-%s, n_vocab %u, n_embed %u, n_layer %u, %s",
                 path.c_str(), m->hp_.version.c_str(), m->hp_.n_vocab, m->hp_.n_embed, m->hp_.n_layer,
                 rwkv_type_str(m->hp_.file_type));
@@ -462,6 +471,67 @@ void Model::map_weights() {
             fail(RWKV_STATUS_ERROR_FILE_FORMAT, "cannot bind tensor '%s'", ggml_get_name(tp.first));
         }
     }
+}
+
+// The matrices that go through matrix products (not the embedding, not the
+// small LoRA matrices), packed on all CPUs; each one's mapped pages are
+// dropped once it is packed, so resident memory stays about the file size.
+void Model::pack_weights() {
+    const auto t_start = std::chrono::steady_clock::now();
+    std::vector<ggml_tensor *> todo;
+    for (const TensorEntry & e : entries_) {
+        const ggml_tensor * t = e.tensor;
+        if ((e.role == TensorRole::MATRIX || e.role == TensorRole::HEAD) && ggml_n_dims(t) == 2 &&
+            packable(t->type, t->ne[0])) {
+            todo.push_back(e.tensor);
+        }
+    }
+    std::vector<std::unique_ptr<PackedMatrix>> done(todo.size());
+    std::atomic<size_t> next{0};
+    std::atomic<bool> failed{false};
+    std::string error;
+    rwkv_status error_status = RWKV_STATUS_OK;
+    std::mutex error_mutex;
+    auto worker = [&]() {
+        for (size_t i = next++; i < todo.size() && !failed; i = next++) {
+            const ggml_tensor * t = todo[i];
+            try {
+                done[i].reset(new PackedMatrix(t->type, t->ne[1], t->ne[0], t->data));
+                file_->file().drop_pages(static_cast<const uint8_t *>(t->data), ggml_nbytes(t));
+            } catch (const Error & e) {
+                std::lock_guard<std::mutex> lock(error_mutex);
+                failed = true;
+                error = e.what();
+                error_status = e.status();
+            } catch (const std::bad_alloc &) {
+                std::lock_guard<std::mutex> lock(error_mutex);
+                failed = true;
+                error = "out of memory while packing the weights";
+                error_status = RWKV_STATUS_ERROR_ALLOC;
+            }
+        }
+    };
+    const unsigned n_threads = std::max(1u, std::min(8u, std::thread::hardware_concurrency()));
+    std::vector<std::thread> pool;
+    for (unsigned i = 1; i < n_threads; ++i) pool.emplace_back(worker);
+    worker();
+    for (std::thread & th : pool) th.join();
+    if (failed) {
+        fail(error_status, "%s", error.c_str());
+    }
+    size_t bytes = 0;
+    for (size_t i = 0; i < todo.size(); ++i) {
+        bytes += done[i]->bytes();
+        packed_.emplace(todo[i], std::move(done[i]));
+    }
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    log_.log(RWKV_LOG_LEVEL_INFO, "packed %zu matrices (%.1f MiB) for the AVX-512 VNNI kernels in %.3f s",
+             todo.size(), bytes / 1048576.0, seconds);
+}
+
+const PackedMatrix * Model::packed(const ggml_tensor * t) const {
+    auto it = packed_.find(t);
+    return it == packed_.end() ? nullptr : it->second.get();
 }
 
 size_t Model::state_len() const {

@@ -7,12 +7,15 @@
 
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 struct ggml_tensor;
 struct ggml_backend_buffer;
 
 namespace rwkv {
+
+class PackedMatrix;
 
 enum class Arch {
     V4,
@@ -166,6 +169,9 @@ public:
     // Offset (in floats) of a state slot of a layer, RWKV-5 and later.
     size_t wkv_state_offset(uint32_t layer, WkvStateSlot slot) const;
     void init_state(float * state) const;
+    // The packed form of a matrix (rwkv_packed.h), or null when the matrix
+    // stays in ggml's layout (not packed, or packing off / unavailable).
+    const PackedMatrix * packed(const ggml_tensor * t) const;
 
     ggml_tensor * emb = nullptr;
     ggml_tensor * ln0_w = nullptr;   // only when the file has ln0 not pre-applied
@@ -188,12 +194,14 @@ private:
     void bind_tensors_v6();
     void bind_tensors_v7();
     void map_weights();
+    void pack_weights();
 
     HParams hp_;
     Logger log_;
     std::vector<TensorEntry> entries_;
     std::unique_ptr<GgufFile> file_;
     ggml_backend_buffer * weights_ = nullptr;
+    std::unordered_map<const ggml_tensor *, std::unique_ptr<PackedMatrix>> packed_;
 };
 
 }  // namespace rwkv

@@ -37,6 +37,8 @@ struct rwkv_context;
 
 struct rwkv_model_params {
     bool use_mmap;
+
+    bool repack;
     rwkv_log_callback log_callback;
     void * log_user_data;
 };

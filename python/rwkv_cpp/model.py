@@ -66,15 +66,18 @@ def _ptr(array, ctype="float *"):
 class Model:
     """An RWKV model loaded from a GGUF file, with one evaluation context.
 
-    The weights are memory-mapped.  The state is an explicit float32 array
-    owned by the caller: ``eval`` never modifies the state it is given.
+    The weights are memory-mapped.  On CPUs with AVX-512 VNNI the F16 and
+    quantized matrices are re-laid out at load for the library's own kernels
+    (``repack=True``, the default; ``repack=False`` keeps ggml's kernels and
+    the file's pages).  The state is an explicit float32 array owned by the
+    caller: ``eval`` never modifies the state it is given.
 
     >>> with Model("model.gguf") as model:
     ...     logits, state = model.eval_sequence([1, 2, 3])
     ...     logits, state = model.eval(4, state)
     """
 
-    def __init__(self, path, n_threads=None, *, use_mmap=True, max_chunk_tokens=0):
+    def __init__(self, path, n_threads=None, *, use_mmap=True, repack=True, max_chunk_tokens=0):
         self._model = ffi.NULL
         self._ctx = ffi.NULL
         self._lock = threading.Lock()
@@ -88,6 +91,7 @@ class Model:
 
         mparams = lib.rwkv_model_default_params()
         mparams.use_mmap = bool(use_mmap)
+        mparams.repack = bool(repack)
         out_model = ffi.new("struct rwkv_model **")
         status = lib.rwkv_model_load(os.fsencode(load_path), mparams, out_model, errbuf, _ERROR_BUF_SIZE)
         if status != lib.RWKV_STATUS_OK:

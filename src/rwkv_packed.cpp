@@ -1,0 +1,557 @@
+#include "rwkv_packed.h"
+
+#include "rwkv_common.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#    include <immintrin.h>
+#    define RWKV_HAVE_X86 1
+#    define RWKV_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")))
+// The accumulators must stay in registers: unroll the short fixed loops.
+#    define RWKV_UNROLL _Pragma("GCC unroll 16")
+#else
+#    define RWKV_HAVE_X86 0
+#endif
+
+namespace rwkv {
+
+namespace {
+
+constexpr size_t ALIGN = 64;
+
+size_t round_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
+
+// What each block type stores, in our terms (see the header).
+struct TypeInfo {
+    bool has_m;      // d*q + m (else d*(q - offset))
+    bool has_qh;     // Q5: fifth bit separately
+    bool eight_bit;  // Q8_0: 8 lanes of bytes instead of 4 of nibbles
+    int offset;      // o of the offset types
+};
+
+TypeInfo info(ggml_type t) {
+    switch (t) {
+        case GGML_TYPE_Q4_0: return {false, false, false, 8};
+        case GGML_TYPE_Q4_1: return {true, false, false, 0};
+        case GGML_TYPE_Q5_0: return {false, true, false, 16};
+        case GGML_TYPE_Q5_1: return {true, true, false, 0};
+        case GGML_TYPE_Q8_0: return {false, false, true, 128};
+        default: return {false, false, false, 0};
+    }
+}
+
+uint16_t load_u16(const uint8_t * p) {
+    uint16_t v;
+    std::memcpy(&v, p, 2);
+    return v;
+}
+
+// One ggml block decoded to unsigned quants q[32] and raw fp16 d, m.
+struct Block {
+    uint8_t q[PACK_BLOCK];
+    uint16_t d;
+    uint16_t m;
+};
+
+// The ggml block layouts (ggml-common.h): element j < 16 in the low nibble of
+// qs[j], element j + 16 in the high nibble; Q5 fifth bits in a 32-bit qh.
+Block decode_block(ggml_type type, const uint8_t * p) {
+    Block b{};
+    b.d = load_u16(p);
+    switch (type) {
+        case GGML_TYPE_Q4_0:
+        case GGML_TYPE_Q4_1: {
+            const uint8_t * qs = p + (type == GGML_TYPE_Q4_1 ? 4 : 2);
+            if (type == GGML_TYPE_Q4_1) b.m = load_u16(p + 2);
+            for (int j = 0; j < 16; ++j) {
+                b.q[j] = qs[j] & 0x0F;
+                b.q[j + 16] = qs[j] >> 4;
+            }
+            break;
+        }
+        case GGML_TYPE_Q5_0:
+        case GGML_TYPE_Q5_1: {
+            const size_t h = type == GGML_TYPE_Q5_1 ? 4 : 2;
+            if (type == GGML_TYPE_Q5_1) b.m = load_u16(p + 2);
+            uint32_t qh;
+            std::memcpy(&qh, p + h, 4);
+            const uint8_t * qs = p + h + 4;
+            for (int j = 0; j < 16; ++j) {
+                b.q[j] = (qs[j] & 0x0F) | static_cast<uint8_t>(((qh >> j) & 1) << 4);
+                b.q[j + 16] = (qs[j] >> 4) | static_cast<uint8_t>(((qh >> (j + 16)) & 1) << 4);
+            }
+            break;
+        }
+        case GGML_TYPE_Q8_0: {
+            const int8_t * qs = reinterpret_cast<const int8_t *>(p + 2);
+            for (int j = 0; j < PACK_BLOCK; ++j) b.q[j] = static_cast<uint8_t>(qs[j] + 128);
+            break;
+        }
+        default:
+            break;
+    }
+    return b;
+}
+
+float half_to_float(uint16_t h) {
+    ggml_fp16_t v;
+    std::memcpy(&v, &h, 2);
+    return ggml_fp16_to_fp32(v);
+}
+
+// Pointers into one quantized activation column.
+struct QColumn {
+    const int8_t * q;
+    const float * dx;
+    const float * sx;
+};
+
+QColumn qcolumn(const uint8_t * base, int64_t n_cols) {
+    const int64_t nb = n_cols / PACK_BLOCK;
+    const float * dx = reinterpret_cast<const float *>(base + n_cols);
+    return {reinterpret_cast<const int8_t *>(base), dx, dx + nb};
+}
+
+// ---- reference (naive) quantization of one activation block ----
+void quantize_block_ref(const float * x, int8_t * q, float * dx, float * sx) {
+    float amax = 0.0f;
+    for (int i = 0; i < PACK_BLOCK; ++i) amax = std::max(amax, std::fabs(x[i]));
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    int sum = 0;
+    for (int i = 0; i < PACK_BLOCK; ++i) {
+        q[i] = static_cast<int8_t>(std::nearbyint(x[i] * id));
+        sum += q[i];
+    }
+    *dx = d;
+    *sx = d * static_cast<float>(sum);
+}
+
+#if RWKV_HAVE_X86
+
+RWKV_AVX512 void quantize_block_avx512(const float * x, int8_t * q, float * dx, float * sx) {
+    const __m512 a = _mm512_loadu_ps(x), b = _mm512_loadu_ps(x + 16);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+    const float d = amax / 127.0f;
+    const __m512 id = _mm512_set1_ps(d != 0.0f ? 1.0f / d : 0.0f);
+    // cvtps_epi32 rounds to nearest even, as nearbyint in the reference
+    const __m512i qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, id));
+    const __m512i qb = _mm512_cvtps_epi32(_mm512_mul_ps(b, id));
+    _mm_storeu_si128(reinterpret_cast<__m128i *>(q), _mm512_cvtepi32_epi8(qa));
+    _mm_storeu_si128(reinterpret_cast<__m128i *>(q + 16), _mm512_cvtepi32_epi8(qb));
+    *dx = d;
+    *sx = d * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb)));
+}
+
+// Four activation bytes of lane t, broadcast to the 16 row lanes.
+RWKV_AVX512 inline __m512i xlane(const int8_t * xq, int t) {
+    int32_t v;
+    std::memcpy(&v, xq + 4 * t, 4);
+    return _mm512_set1_epi32(v);
+}
+
+// Block b of a group unpacked into 8 lanes of unsigned bytes.
+template <ggml_type TYPE>
+RWKV_AVX512 inline void unpack_lanes(const uint8_t * grp, const PackedMatrix::Layout & L, int64_t b, __m512i * w) {
+    constexpr TypeInfo ti = TYPE == GGML_TYPE_Q4_0   ? TypeInfo{false, false, false, 8}
+                            : TYPE == GGML_TYPE_Q4_1 ? TypeInfo{true, false, false, 0}
+                            : TYPE == GGML_TYPE_Q5_0 ? TypeInfo{false, true, false, 16}
+                            : TYPE == GGML_TYPE_Q5_1 ? TypeInfo{true, true, false, 0}
+                                                     : TypeInfo{false, false, true, 128};
+    const uint8_t * qs = grp + L.qs + b * L.qs_stride;
+    if constexpr (ti.eight_bit) {
+        RWKV_UNROLL
+        for (int t = 0; t < 8; ++t) w[t] = _mm512_loadu_si512(qs + 64 * t);
+    } else {
+        const __m512i low = _mm512_set1_epi8(0x0F);
+        RWKV_UNROLL
+        for (int j = 0; j < 4; ++j) {
+            const __m512i p = _mm512_loadu_si512(qs + 64 * j);
+            w[2 * j] = _mm512_and_si512(p, low);
+            w[2 * j + 1] = _mm512_and_si512(_mm512_srli_epi16(p, 4), low);
+        }
+        if constexpr (ti.has_qh) {
+            const uint8_t * qh = grp + L.qh + b * L.qh_stride;
+            const __m512i fifth = _mm512_set1_epi8(0x10);
+            RWKV_UNROLL
+            for (int t = 0; t < 8; ++t) {
+                uint64_t bits;
+                std::memcpy(&bits, qh + 8 * t, 8);
+                w[t] = _mm512_mask_add_epi8(w[t], _cvtu64_mask64(bits), w[t], fifth);
+            }
+        }
+    }
+}
+
+// TT activation columns times one group of 16 rows; acc[tt] = 16 outputs.
+template <ggml_type TYPE, int TT>
+RWKV_AVX512 void quant_group(const uint8_t * grp, const PackedMatrix::Layout & L, int64_t nb, const QColumn * x,
+                             __m512 * acc) {
+    constexpr bool has_m = TYPE == GGML_TYPE_Q4_1 || TYPE == GGML_TYPE_Q5_1;
+    constexpr float offset = TYPE == GGML_TYPE_Q4_0 ? 8.0f : TYPE == GGML_TYPE_Q5_0 ? 16.0f : 128.0f;
+    RWKV_UNROLL
+    for (int tt = 0; tt < TT; ++tt) acc[tt] = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; ++b) {
+        __m512i w[8];
+        unpack_lanes<TYPE>(grp, L, b, w);
+        const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(grp + L.d + b * 32)));
+        __m512 m = _mm512_setzero_ps();
+        if constexpr (has_m) {
+            m = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(grp + L.m + b * 32)));
+        }
+        RWKV_UNROLL
+        for (int tt = 0; tt < TT; ++tt) {
+            const int8_t * xq = x[tt].q + b * PACK_BLOCK;
+            __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+            RWKV_UNROLL
+            for (int t = 0; t < 8; t += 2) {
+                s0 = _mm512_dpbusd_epi32(s0, w[t], xlane(xq, t));
+                s1 = _mm512_dpbusd_epi32(s1, w[t + 1], xlane(xq, t + 1));
+            }
+            const __m512 dot = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+            const __m512 dx = _mm512_set1_ps(x[tt].dx[b]);
+            if constexpr (has_m) {
+                acc[tt] = _mm512_fmadd_ps(d, _mm512_mul_ps(dot, dx), acc[tt]);
+                acc[tt] = _mm512_fmadd_ps(m, _mm512_set1_ps(x[tt].sx[b]), acc[tt]);
+            } else {
+                const __m512 corr = _mm512_set1_ps(-offset * x[tt].sx[b]);
+                acc[tt] = _mm512_fmadd_ps(d, _mm512_fmadd_ps(dot, dx, corr), acc[tt]);
+            }
+        }
+    }
+}
+
+// TT float columns times one F16 group ([K][16] halves).  Every column sums
+// in the same U chains whatever TT is, so a column's result does not depend
+// on how the columns were tiled (sequence mode = token-by-token mode).
+template <int TT>
+RWKV_AVX512 void f16_group(const uint8_t * grp, int64_t K, const float * const * x, __m512 * acc) {
+    constexpr int U = 4;  // independent FMA chains per column (K % 32 == 0)
+    __m512 a[TT][U];
+    RWKV_UNROLL
+    for (int tt = 0; tt < TT; ++tt)
+        RWKV_UNROLL
+        for (int u = 0; u < U; ++u) a[tt][u] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k += U) {
+        RWKV_UNROLL
+        for (int u = 0; u < U; ++u) {
+            const __m512 w = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(grp + (k + u) * 32)));
+            RWKV_UNROLL
+            for (int tt = 0; tt < TT; ++tt) a[tt][u] = _mm512_fmadd_ps(w, _mm512_set1_ps(x[tt][k + u]), a[tt][u]);
+        }
+    }
+    RWKV_UNROLL
+    for (int tt = 0; tt < TT; ++tt) {
+        acc[tt] = _mm512_add_ps(_mm512_add_ps(a[tt][0], a[tt][1]), _mm512_add_ps(a[tt][2], a[tt][3]));
+    }
+}
+
+RWKV_AVX512 void store_rows(float * y, const __m512 & v, int n) {
+    _mm512_mask_storeu_ps(y, static_cast<__mmask16>((1u << n) - 1u), v);
+}
+
+// Columns [t0, t0 + TT) times groups [g0, g1).
+template <ggml_type TYPE, int TT>
+RWKV_AVX512 void quant_tile(const PackedMatrix & w, const uint8_t * x, int64_t t0, float * y, int64_t y_stride,
+                            int64_t g0, int64_t g1) {
+    const size_t col_bytes = quantized_column_bytes(w.cols());
+    QColumn cols[TT];
+    for (int tt = 0; tt < TT; ++tt) cols[tt] = qcolumn(x + (t0 + tt) * col_bytes, w.cols());
+    const int64_t nb = w.cols() / PACK_BLOCK;
+    for (int64_t g = g0; g < g1; ++g) {
+        __m512 acc[TT];
+        quant_group<TYPE, TT>(w.group(g), w.layout(), nb, cols, acc);
+        const int n = static_cast<int>(std::min<int64_t>(PACK_ROWS, w.rows() - g * PACK_ROWS));
+        for (int tt = 0; tt < TT; ++tt) store_rows(y + (t0 + tt) * y_stride + g * PACK_ROWS, acc[tt], n);
+    }
+}
+
+template <int TT>
+RWKV_AVX512 void f16_tile(const PackedMatrix & w, const float * x, int64_t t0, float * y, int64_t y_stride,
+                          int64_t g0, int64_t g1) {
+    const float * cols[TT];
+    for (int tt = 0; tt < TT; ++tt) cols[tt] = x + (t0 + tt) * w.cols();
+    for (int64_t g = g0; g < g1; ++g) {
+        __m512 acc[TT];
+        f16_group<TT>(w.group(g), w.cols(), cols, acc);
+        const int n = static_cast<int>(std::min<int64_t>(PACK_ROWS, w.rows() - g * PACK_ROWS));
+        for (int tt = 0; tt < TT; ++tt) store_rows(y + (t0 + tt) * y_stride + g * PACK_ROWS, acc[tt], n);
+    }
+}
+
+// All columns in tiles of 4, the rest in smaller tiles.
+template <ggml_type TYPE>
+void quant_multiply(const PackedMatrix & w, const uint8_t * x, int64_t T, float * y, int64_t y_stride, int64_t g0,
+                    int64_t g1) {
+    int64_t t = 0;
+    for (; t + 4 <= T; t += 4) quant_tile<TYPE, 4>(w, x, t, y, y_stride, g0, g1);
+    if (t + 2 <= T) {
+        quant_tile<TYPE, 2>(w, x, t, y, y_stride, g0, g1);
+        t += 2;
+    }
+    if (t < T) quant_tile<TYPE, 1>(w, x, t, y, y_stride, g0, g1);
+}
+
+void f16_multiply(const PackedMatrix & w, const float * x, int64_t T, float * y, int64_t y_stride, int64_t g0,
+                  int64_t g1) {
+    int64_t t = 0;
+    for (; t + 4 <= T; t += 4) f16_tile<4>(w, x, t, y, y_stride, g0, g1);
+    if (t + 2 <= T) {
+        f16_tile<2>(w, x, t, y, y_stride, g0, g1);
+        t += 2;
+    }
+    if (t < T) f16_tile<1>(w, x, t, y, y_stride, g0, g1);
+}
+
+#endif  // RWKV_HAVE_X86
+
+bool cpu_has_packed_features() {
+#if RWKV_HAVE_X86
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+           __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma");
+#else
+    return false;
+#endif
+}
+
+}  // namespace
+
+bool packed_kernels_available() {
+    static const bool available = cpu_has_packed_features();
+    return available;
+}
+
+bool packable(ggml_type type, int64_t n_cols) {
+    if (n_cols <= 0 || n_cols % PACK_BLOCK != 0) return false;
+    switch (type) {
+        case GGML_TYPE_F16:
+        case GGML_TYPE_Q4_0:
+        case GGML_TYPE_Q4_1:
+        case GGML_TYPE_Q5_0:
+        case GGML_TYPE_Q5_1:
+        case GGML_TYPE_Q8_0:
+            return true;
+        default:
+            return false;
+    }
+}
+
+void PackedMatrix::Free::operator()(uint8_t * p) const { std::free(p); }
+
+PackedMatrix::PackedMatrix(ggml_type type, int64_t n_rows, int64_t n_cols, const void * data)
+    : type_(type), n_rows_(n_rows), n_cols_(n_cols), n_groups_((n_rows + PACK_ROWS - 1) / PACK_ROWS) {
+    if (!packable(type, n_cols) || n_rows <= 0) {
+        fail(RWKV_STATUS_ERROR_UNSUPPORTED, "cannot pack a %s matrix of %lld columns", ggml_type_name(type),
+             static_cast<long long>(n_cols));
+    }
+    const int64_t nb = n_cols / PACK_BLOCK;
+    const TypeInfo ti = info(type);
+    size_t off = 0;
+    if (type == GGML_TYPE_F16) {
+        lay_.qs = 0;
+        off = static_cast<size_t>(n_cols) * PACK_ROWS * 2;
+    } else {
+        lay_.d_stride = PACK_ROWS * 2;
+        lay_.qh_stride = ti.has_qh ? 64 : 0;
+        lay_.qs_stride = ti.eight_bit ? 512 : 256;
+        lay_.d = off;
+        off = round_up(off + nb * lay_.d_stride, ALIGN);
+        lay_.m = off;
+        if (ti.has_m) off = round_up(off + nb * lay_.d_stride, ALIGN);
+        lay_.qh = off;
+        off = round_up(off + nb * lay_.qh_stride, ALIGN);
+        lay_.qs = off;
+        off += nb * lay_.qs_stride;
+    }
+    group_bytes_ = round_up(off, ALIGN);
+    const size_t total = checked_mul(static_cast<uint64_t>(n_groups_), group_bytes_, "packed matrix size");
+    data_.reset(static_cast<uint8_t *>(std::aligned_alloc(ALIGN, total)));
+    if (!data_) {
+        fail(RWKV_STATUS_ERROR_ALLOC, "cannot allocate %zu bytes for a packed matrix", total);
+    }
+    std::memset(data_.get(), 0, total);  // padding rows: zero weights and scales
+
+    const uint8_t * src = static_cast<const uint8_t *>(data);
+    const size_t row_bytes = ggml_row_size(type, n_cols);
+    for (int64_t r = 0; r < n_rows; ++r) {
+        uint8_t * grp = data_.get() + (r / PACK_ROWS) * group_bytes_;
+        const int rr = static_cast<int>(r % PACK_ROWS);
+        const uint8_t * row = src + r * row_bytes;
+        if (type == GGML_TYPE_F16) {
+            for (int64_t k = 0; k < n_cols; ++k) std::memcpy(grp + (k * PACK_ROWS + rr) * 2, row + k * 2, 2);
+            continue;
+        }
+        const size_t block_bytes = ggml_type_size(type);
+        for (int64_t b = 0; b < nb; ++b) {
+            const Block blk = decode_block(type, row + b * block_bytes);
+            std::memcpy(grp + lay_.d + b * lay_.d_stride + rr * 2, &blk.d, 2);
+            if (ti.has_m) std::memcpy(grp + lay_.m + b * lay_.d_stride + rr * 2, &blk.m, 2);
+            uint8_t * qs = grp + lay_.qs + b * lay_.qs_stride;
+            if (ti.eight_bit) {
+                for (int t = 0; t < 8; ++t)
+                    for (int i = 0; i < 4; ++i) qs[64 * t + 4 * rr + i] = blk.q[4 * t + i];
+            } else {
+                for (int j = 0; j < 4; ++j)
+                    for (int i = 0; i < 4; ++i)
+                        qs[64 * j + 4 * rr + i] =
+                            static_cast<uint8_t>((blk.q[8 * j + i] & 0x0F) | ((blk.q[8 * j + 4 + i] & 0x0F) << 4));
+            }
+            if (ti.has_qh) {
+                uint8_t * qh = grp + lay_.qh + b * lay_.qh_stride;
+                for (int t = 0; t < 8; ++t) {
+                    uint64_t bits;
+                    std::memcpy(&bits, qh + 8 * t, 8);
+                    for (int i = 0; i < 4; ++i) bits |= static_cast<uint64_t>((blk.q[4 * t + i] >> 4) & 1) << (4 * rr + i);
+                    std::memcpy(qh + 8 * t, &bits, 8);
+                }
+            }
+        }
+    }
+}
+
+// The naive reference: unpack each weight from the packed bytes and sum in
+// the order of the formula in the header.
+void PackedMatrix::multiply_ref(const void * x, int64_t T, float * y, int64_t y_stride, int64_t g0, int64_t g1) const {
+    const int64_t K = n_cols_, nb = K / PACK_BLOCK;
+    const TypeInfo ti = info(type_);
+    for (int64_t t = 0; t < T; ++t) {
+        for (int64_t g = g0; g < g1; ++g) {
+            const uint8_t * grp = group(g);
+            for (int rr = 0; rr < PACK_ROWS && g * PACK_ROWS + rr < n_rows_; ++rr) {
+                float acc = 0.0f;
+                if (type_ == GGML_TYPE_F16) {
+                    const float * xc = static_cast<const float *>(x) + t * K;
+                    for (int64_t k = 0; k < K; ++k) acc += half_to_float(load_u16(grp + (k * PACK_ROWS + rr) * 2)) * xc[k];
+                } else {
+                    const QColumn xc = qcolumn(static_cast<const uint8_t *>(x) + t * quantized_column_bytes(K), K);
+                    for (int64_t b = 0; b < nb; ++b) {
+                        const uint8_t * qs = grp + lay_.qs + b * lay_.qs_stride;
+                        const uint8_t * qh = grp + lay_.qh + b * lay_.qh_stride;
+                        int32_t dot = 0;
+                        for (int e = 0; e < PACK_BLOCK; ++e) {
+                            const int t8 = e / 4, i = e % 4;
+                            int q;
+                            if (ti.eight_bit) {
+                                q = qs[64 * t8 + 4 * rr + i];
+                            } else {
+                                const uint8_t byte = qs[64 * (t8 / 2) + 4 * rr + i];
+                                q = (t8 % 2 == 0) ? (byte & 0x0F) : (byte >> 4);
+                                if (ti.has_qh) {
+                                    uint64_t bits;
+                                    std::memcpy(&bits, qh + 8 * t8, 8);
+                                    q |= static_cast<int>((bits >> (4 * rr + i)) & 1) << 4;
+                                }
+                            }
+                            dot += q * xc.q[b * PACK_BLOCK + e];
+                        }
+                        const float d = half_to_float(load_u16(grp + lay_.d + b * lay_.d_stride + rr * 2));
+                        if (ti.has_m) {
+                            const float m = half_to_float(load_u16(grp + lay_.m + b * lay_.d_stride + rr * 2));
+                            acc += d * (static_cast<float>(dot) * xc.dx[b]) + m * xc.sx[b];
+                        } else {
+                            acc += d * (static_cast<float>(dot) * xc.dx[b] - ti.offset * xc.sx[b]);
+                        }
+                    }
+                }
+                y[t * y_stride + g * PACK_ROWS + rr] = acc;
+            }
+        }
+    }
+}
+
+void PackedMatrix::multiply(const void * x, int64_t T, float * y, int64_t y_stride, int64_t g0, int64_t g1) const {
+#if RWKV_HAVE_X86
+    const uint8_t * xq = static_cast<const uint8_t *>(x);
+    switch (type_) {
+        case GGML_TYPE_F16: f16_multiply(*this, static_cast<const float *>(x), T, y, y_stride, g0, g1); return;
+        case GGML_TYPE_Q4_0: quant_multiply<GGML_TYPE_Q4_0>(*this, xq, T, y, y_stride, g0, g1); return;
+        case GGML_TYPE_Q4_1: quant_multiply<GGML_TYPE_Q4_1>(*this, xq, T, y, y_stride, g0, g1); return;
+        case GGML_TYPE_Q5_0: quant_multiply<GGML_TYPE_Q5_0>(*this, xq, T, y, y_stride, g0, g1); return;
+        case GGML_TYPE_Q5_1: quant_multiply<GGML_TYPE_Q5_1>(*this, xq, T, y, y_stride, g0, g1); return;
+        case GGML_TYPE_Q8_0: quant_multiply<GGML_TYPE_Q8_0>(*this, xq, T, y, y_stride, g0, g1); return;
+        default: break;
+    }
+#endif
+    multiply_ref(x, T, y, y_stride, g0, g1);
+}
+
+size_t quantized_column_bytes(int64_t n_cols) {
+    return round_up(static_cast<size_t>(n_cols) + 2 * sizeof(float) * (n_cols / PACK_BLOCK), ALIGN);
+}
+
+void quantize_blocks(const float * x, int64_t x_stride, int64_t n_cols, int64_t i0, int64_t i1, uint8_t * out,
+                     bool simd) {
+    const int64_t nb = n_cols / PACK_BLOCK;
+    const size_t col_bytes = quantized_column_bytes(n_cols);
+    for (int64_t i = i0; i < i1; ++i) {
+        const int64_t t = i / nb, b = i % nb;
+        uint8_t * col = out + t * col_bytes;
+        float * dx = reinterpret_cast<float *>(col + n_cols);
+        const float * src = x + t * x_stride + b * PACK_BLOCK;
+        int8_t * q = reinterpret_cast<int8_t *>(col) + b * PACK_BLOCK;
+#if RWKV_HAVE_X86
+        if (simd) {
+            quantize_block_avx512(src, q, dx + b, dx + nb + b);
+            continue;
+        }
+#endif
+        quantize_block_ref(src, q, dx + b, dx + nb + b);
+    }
+}
+
+namespace {
+
+// [begin, end) of n items for thread ith of nth.
+void split_range(int64_t n, int ith, int nth, int64_t & begin, int64_t & end) {
+    begin = n * ith / nth;
+    end = n * (ith + 1) / nth;
+}
+
+// dst i8 [quantized_column_bytes, T]; src 0: x f32 [K, T].
+void quantize_compute(ggml_tensor * dst, int ith, int nth, void *) {
+    const ggml_tensor * x = dst->src[0];
+    const int64_t K = x->ne[0], T = x->ne[1];
+    int64_t i0, i1;
+    split_range(T * (K / PACK_BLOCK), ith, nth, i0, i1);
+    quantize_blocks(static_cast<const float *>(x->data), x->nb[1] / sizeof(float), K, i0, i1,
+                    static_cast<uint8_t *>(dst->data), packed_kernels_available());
+}
+
+// dst f32 [N, T]; src 0: the quantized x (or x itself for F16).
+void packed_compute(ggml_tensor * dst, int ith, int nth, void * userdata) {
+    const PackedMatrix & w = *static_cast<const PackedMatrix *>(userdata);
+    int64_t g0, g1;
+    split_range(w.groups(), ith, nth, g0, g1);
+    if (g0 < g1) {
+        w.multiply(dst->src[0]->data, dst->ne[1], static_cast<float *>(dst->data), dst->nb[1] / sizeof(float), g0, g1);
+    }
+}
+
+}  // namespace
+
+ggml_tensor * packed_mul_mat(ggml_context * ctx, const PackedMatrix & w, ggml_tensor * x) {
+    if (x->type != GGML_TYPE_F32 || x->ne[0] != w.cols() || x->ne[2] != 1 || x->ne[3] != 1) {
+        fail(RWKV_STATUS_ERROR_UNSUPPORTED, "packed_mul_mat: bad input shape");
+    }
+    if (x->nb[0] != sizeof(float) || (!w.quantized() && x->nb[1] != x->ne[0] * sizeof(float))) {
+        x = ggml_cont(ctx, x);
+    }
+    const int64_t T = x->ne[1];
+    ggml_tensor * src = x;
+    if (w.quantized()) {
+        ggml_tensor * args[] = {x};
+        src = ggml_custom_4d(ctx, GGML_TYPE_I8, static_cast<int64_t>(quantized_column_bytes(w.cols())), T, 1, 1, args,
+                             1, quantize_compute, GGML_N_TASKS_MAX, nullptr);
+    }
+    ggml_tensor * args[] = {src};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, w.rows(), T, 1, 1, args, 1, packed_compute, GGML_N_TASKS_MAX,
+                          const_cast<PackedMatrix *>(&w));
+}
+
+}  // namespace rwkv

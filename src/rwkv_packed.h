@@ -1,0 +1,103 @@
+// Packed matrices: our own weight layout and matrix kernels for decode and
+// prefill on CPUs with AVX-512 VNNI.
+//
+// ggml's matrix-vector kernels for 4/5-bit blocks run at about half the
+// memory speed on 2 cores: each 32-weight block is unpacked, multiplied and
+// scaled on its own.  Here 16 rows are interleaved so that one 512-bit
+// VPDPBUSD multiplies 4 weights of each of the 16 rows by 4 broadcast
+// activation bytes and accumulates 16 row sums at once; a block of 16 rows x
+// 32 weights takes 8 of them plus one scale step.  The layout keeps ggml's
+// bits exactly (the same quants and fp16 scales, regrouped), so results match
+// ggml's up to float summation order and the activation's 8-bit rounding.
+//
+// Per group of 16 rows and per 32-column block b of a quantized matrix:
+//   d [16] fp16 scales; m [16] fp16 minimums (Q4_1, Q5_1);
+//   qs: the unsigned quants q (0..15, 0..31 or 0..255), as 8 lanes t of
+//       64 bytes, byte 4r+i of lane t = q[row r][4t+i] (Q4 and Q5 types keep
+//       lanes 2j and 2j+1 in one 64-byte vector: low and high nibbles);
+//   qh: Q5 types, the fifth bit of lane t as one 64-bit mask (bit 4r+i).
+// A weight is d*q + m (Q4_1, Q5_1) or d*(q - o), o = 8, 16, 128 (Q4_0, Q5_0,
+// Q8_0; Q8_0 stores q + 128).  F16 matrices are interleaved too: per group,
+// [K][16] halves, column k of the 16 rows in one 32-byte vector.
+//
+// The activation is quantized per column and 32-block like ggml's Q8_1:
+// dx = max|x| / 127, xq = round(x / dx), sx = dx * sum(xq); then
+//   y[r] = sum_b d[r,b] * dx[b] * dot(q[r,b], xq[b]) + m[r,b] * sx[b]
+// with m = -o*d for the offset types.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "ggml.h"
+
+namespace rwkv {
+
+constexpr int PACK_ROWS = 16;
+constexpr int PACK_BLOCK = 32;
+
+// Whether this CPU runs the packed kernels (AVX-512 F/BW/VL/VNNI and F16C,
+// checked at run time; the library itself is built for the generic x86-64).
+bool packed_kernels_available();
+
+// Whether a matrix of this type and shape can be packed.
+bool packable(ggml_type type, int64_t n_cols);
+
+class PackedMatrix {
+public:
+    // Packs a [n_rows, n_cols] matrix of ggml blocks (row-major, ggml layout).
+    PackedMatrix(ggml_type type, int64_t n_rows, int64_t n_cols, const void * data);
+
+    ggml_type type() const { return type_; }
+    int64_t rows() const { return n_rows_; }
+    int64_t cols() const { return n_cols_; }
+    int64_t groups() const { return n_groups_; }
+    size_t bytes() const { return n_groups_ * group_bytes_; }
+    // Whether the kernel takes a quantized activation (quantize_columns).
+    bool quantized() const { return type_ != GGML_TYPE_F16; }
+
+    // y[:, t] = W @ x[:, t] for t < T, rows of groups [g0, g1): the AVX-512
+    // kernel (packed_kernels_available() must be true) and the naive
+    // reference of the same maths.  x: quantized columns (quantize_columns)
+    // for quantized types, floats for F16; y: [T][y_stride] floats.
+    void multiply(const void * x, int64_t T, float * y, int64_t y_stride, int64_t g0, int64_t g1) const;
+    void multiply_ref(const void * x, int64_t T, float * y, int64_t y_stride, int64_t g0, int64_t g1) const;
+
+    // Region offsets inside one group (bytes), for the kernels.
+    struct Layout {
+        size_t d, m, qh, qs;
+        size_t d_stride, qh_stride, qs_stride;  // bytes per block in each region
+    };
+    const Layout & layout() const { return lay_; }
+    const uint8_t * group(int64_t g) const { return data_.get() + g * group_bytes_; }
+
+private:
+    struct Free {
+        void operator()(uint8_t * p) const;
+    };
+
+    ggml_type type_;
+    int64_t n_rows_, n_cols_, n_groups_;
+    size_t group_bytes_ = 0;
+    Layout lay_{};
+    std::unique_ptr<uint8_t, Free> data_;
+};
+
+// Bytes of one quantized activation column of n_cols values:
+//   xq int8[n_cols], dx float[n_cols/32], sx float[n_cols/32].
+size_t quantized_column_bytes(int64_t n_cols);
+
+// Quantizes the activation blocks [i0, i1) of x ([T][x_stride] floats, n_cols
+// used; block i is block i % (n_cols/32) of column i / (n_cols/32)) into out
+// ([T][quantized_column_bytes] bytes).  simd: the AVX-512 path (only when
+// packed_kernels_available()), else the naive reference; both round alike.
+void quantize_blocks(const float * x, int64_t x_stride, int64_t n_cols, int64_t i0, int64_t i1, uint8_t * out,
+                     bool simd);
+
+// Graph node: y = W @ x for x [K, T] f32 (columns contiguous); W must outlive
+// the graph.  Quantized types add a node that quantizes x first (split over
+// the threads, where every thread of the product needs all of it).
+ggml_tensor * packed_mul_mat(ggml_context * ctx, const PackedMatrix & w, ggml_tensor * x);
+
+}  // namespace rwkv

@@ -1,0 +1,89 @@
+#include "rwkv_testing.h"
+
+#include "rwkv_common.h"
+#include "rwkv_packed.h"
+
+#include "ggml-cpu.h"
+#include "ggml.h"
+
+#include <cstring>
+#include <vector>
+
+using namespace rwkv;
+
+namespace {
+
+rwkv_status multiply_ggml(ggml_type type, const std::vector<uint8_t> & q, int64_t rows, int64_t cols, const float * x,
+                          int64_t n_tokens, float * y) {
+    const size_t mem = q.size() + static_cast<size_t>((cols + rows) * n_tokens) * sizeof(float) + (16u << 20);
+    ggml_init_params ip = {mem, nullptr, false};
+    ggml_context * ctx = ggml_init(ip);
+    if (ctx == nullptr) return RWKV_STATUS_ERROR_ALLOC;
+    ggml_tensor * wt = ggml_new_tensor_2d(ctx, type, cols, rows);
+    std::memcpy(wt->data, q.data(), q.size());
+    ggml_tensor * xt = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, cols, n_tokens);
+    std::memcpy(xt->data, x, ggml_nbytes(xt));
+    ggml_tensor * yt = ggml_mul_mat(ctx, wt, xt);
+    ggml_cgraph * gf = ggml_new_graph(ctx);
+    ggml_build_forward_expand(gf, yt);
+    const ggml_status st = ggml_graph_compute_with_ctx(ctx, gf, 1);
+    if (st == GGML_STATUS_SUCCESS) std::memcpy(y, yt->data, ggml_nbytes(yt));
+    ggml_free(ctx);
+    return st == GGML_STATUS_SUCCESS ? RWKV_STATUS_OK : RWKV_STATUS_ERROR_COMPUTE;
+}
+
+}  // namespace
+
+extern "C" {
+
+int rwkv_testing_packed_available(void) { return packed_kernels_available() ? 1 : 0; }
+
+size_t rwkv_testing_quantized_column_bytes(int64_t cols) { return quantized_column_bytes(cols); }
+
+rwkv_status rwkv_testing_quantize_activation(const float * x, int64_t cols, int64_t n_tokens, int simd, uint8_t * out) {
+    if (x == nullptr || out == nullptr || cols <= 0 || cols % PACK_BLOCK != 0 || n_tokens <= 0 ||
+        (simd && !packed_kernels_available())) {
+        return RWKV_STATUS_ERROR_INVALID_ARGUMENT;
+    }
+    quantize_blocks(x, cols, cols, 0, n_tokens * (cols / PACK_BLOCK), out, simd != 0);
+    return RWKV_STATUS_OK;
+}
+
+rwkv_status rwkv_testing_packed_matmul(int ggml_type_id, const float * w, int64_t rows, int64_t cols, const float * x,
+                                       int64_t n_tokens, int mode, float * y, float * w_dequant) {
+    const ggml_type type = static_cast<ggml_type>(ggml_type_id);
+    if (w == nullptr || x == nullptr || y == nullptr || rows <= 0 || n_tokens <= 0 || mode < 0 || mode > 2 ||
+        !packable(type, cols) || (mode == 0 && !packed_kernels_available())) {
+        return RWKV_STATUS_ERROR_INVALID_ARGUMENT;
+    }
+    try {
+        std::vector<uint8_t> q(ggml_row_size(type, cols) * rows);
+        ggml_quantize_chunk(type, w, q.data(), 0, rows, cols, nullptr);
+        if (w_dequant != nullptr) {
+            ggml_get_type_traits(type)->to_float(q.data(), w_dequant, rows * cols);
+        }
+        if (mode == 2) {
+            return multiply_ggml(type, q, rows, cols, x, n_tokens, y);
+        }
+        const PackedMatrix pm(type, rows, cols, q.data());
+        std::vector<uint8_t> xq;
+        const void * xin = x;
+        if (pm.quantized()) {
+            xq.resize(quantized_column_bytes(cols) * n_tokens);
+            quantize_blocks(x, cols, cols, 0, n_tokens * (cols / PACK_BLOCK), xq.data(), mode == 0);
+            xin = xq.data();
+        }
+        if (mode == 0) {
+            pm.multiply(xin, n_tokens, y, rows, 0, pm.groups());
+        } else {
+            pm.multiply_ref(xin, n_tokens, y, rows, 0, pm.groups());
+        }
+        return RWKV_STATUS_OK;
+    } catch (const Error & e) {
+        return e.status();
+    } catch (const std::bad_alloc &) {
+        return RWKV_STATUS_ERROR_ALLOC;
+    }
+}
+
+}  // extern "C"

@@ -1,0 +1,173 @@
+"""Packed matrices (src/rwkv_packed.*): the AVX-512 VNNI kernels against
+their naive reference, against ggml's mul_mat and against a float64 product,
+on awkward sizes; and whole models with and without packing."""
+
+import numpy as np
+import pytest
+from cffi import FFI
+
+import rwkv_cpp
+from rwkv_cpp._lib import _library_path
+from rwkv_cpp.convert import convert_state_dict, make_rwkv4_state_dict
+from rwkv_cpp.quantize import quantize
+
+_ffi = FFI()
+_ffi.cdef(
+    """
+    int rwkv_testing_packed_available(void);
+    int rwkv_testing_packed_matmul(int ggml_type, const float * w, int64_t rows, int64_t cols,
+                                   const float * x, int64_t n_tokens, int mode, float * y, float * w_dequant);
+    size_t rwkv_testing_quantized_column_bytes(int64_t cols);
+    int rwkv_testing_quantize_activation(const float * x, int64_t cols, int64_t n_tokens, int simd, uint8_t * out);
+    """
+)
+_lib = _ffi.dlopen(_library_path())
+
+# ggml_type ids (ggml.h)
+GGML_TYPES = {"F16": 1, "Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8}
+SIMD, REFERENCE, GGML = 0, 1, 2
+
+needs_simd = pytest.mark.skipif(
+    not _lib.rwkv_testing_packed_available(), reason="this CPU lacks AVX-512 VNNI: the packed kernels are not used"
+)
+
+# rows: under, at and over one 16-row group; cols: one block and more;
+# tokens: every tile remainder (tiles of 4, then 2, then 1).
+SHAPES = [(1, 32, 1), (15, 64, 3), (16, 96, 2), (17, 128, 5), (50, 768, 7), (33, 320, 13)]
+
+
+def _ptr(a, ctype="float *"):
+    return _ffi.cast(ctype, _ffi.from_buffer(a))
+
+
+def _matmul(kind, w, x, mode, want_dequant=False):
+    rows, cols = w.shape
+    y = np.zeros((x.shape[0], rows), np.float32)
+    wd = np.zeros_like(w) if want_dequant else None
+    status = _lib.rwkv_testing_packed_matmul(
+        GGML_TYPES[kind], _ptr(w), rows, cols, _ptr(x), x.shape[0], mode, _ptr(y),
+        _ptr(wd) if wd is not None else _ffi.NULL,
+    )
+    assert status == 0
+    return (y, wd) if want_dequant else y
+
+
+def _case(rows, cols, tokens, seed):
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((rows, cols)) * 0.05).astype(np.float32)
+    x = rng.standard_normal((tokens, cols)).astype(np.float32)
+    x[:, : min(cols, 32)] *= 8.0  # one block of larger activations
+    return w, x
+
+
+def _nmse(a, ref):
+    ref = ref.astype(np.float64)
+    return float(((a.astype(np.float64) - ref) ** 2).sum() / max((ref ** 2).sum(), 1e-30))
+
+
+@pytest.mark.parametrize("kind", list(GGML_TYPES))
+@pytest.mark.parametrize("rows,cols,tokens", SHAPES)
+def test_reference_against_float64_and_ggml(kind, rows, cols, tokens):
+    w, x = _case(rows, cols, tokens, seed=rows * 1000 + cols + tokens)
+    y_ref, wd = _matmul(kind, w, x, REFERENCE, want_dequant=True)
+    exact = x.astype(np.float64) @ wd.astype(np.float64).T
+    # F16 keeps the activation in fp32; the quantized types round it to 8
+    # bits per block of 32 (relative error ~ 1/(127*sqrt(12)) per value).
+    tol = 1e-11 if kind == "F16" else 1e-4
+    assert _nmse(y_ref, exact) <= tol
+    # ggml also rounds the activation (to FP16 for F16, to Q8 for the rest)
+    assert _nmse(_matmul(kind, w, x, GGML), y_ref) <= (1e-6 if kind == "F16" else 1e-4)
+
+
+@needs_simd
+@pytest.mark.parametrize("kind", list(GGML_TYPES))
+@pytest.mark.parametrize("rows,cols,tokens", SHAPES)
+def test_simd_kernel_against_reference(kind, rows, cols, tokens):
+    w, x = _case(rows, cols, tokens, seed=rows + cols * 7 + tokens)
+    y_simd = _matmul(kind, w, x, SIMD)
+    y_ref = _matmul(kind, w, x, REFERENCE)
+    # same integers and scales; only the float summation order differs
+    scale = float(np.abs(y_ref).max())
+    assert float(np.abs(y_simd - y_ref).max()) <= 2e-6 * scale * np.sqrt(cols / 32)
+
+
+@needs_simd
+@pytest.mark.parametrize("kind", list(GGML_TYPES))
+def test_simd_columns_independent_of_tiling(kind):
+    # a column's result must not depend on how many columns share its tile
+    w, x = _case(40, 256, 7, seed=5)
+    together = _matmul(kind, w, x, SIMD)
+    alone = np.concatenate([_matmul(kind, w, x[t : t + 1], SIMD) for t in range(x.shape[0])])
+    assert np.array_equal(together, alone)
+
+
+@needs_simd
+def test_simd_activation_quantization_equals_reference():
+    cols, tokens = 96, 5
+    x = np.random.default_rng(1).standard_normal((tokens, cols)).astype(np.float32) * 3
+    x[2, 32:64] = 0.0  # an all-zero block
+    x[3, 0] = 1e-30
+    n = _lib.rwkv_testing_quantized_column_bytes(cols) * tokens
+    out = [np.zeros(n, np.uint8) for _ in range(2)]
+    for simd, o in zip((1, 0), out):
+        assert _lib.rwkv_testing_quantize_activation(_ptr(x), cols, tokens, simd, _ptr(o, "uint8_t *")) == 0
+    assert np.array_equal(out[0], out[1])
+
+
+def test_bad_arguments_are_refused():
+    w, x = _case(4, 48, 1, seed=0)  # 48 columns: not a whole number of blocks
+    y = np.zeros((1, 4), np.float32)
+    assert _lib.rwkv_testing_packed_matmul(GGML_TYPES["Q8_0"], _ptr(w), 4, 48, _ptr(x), 1, REFERENCE, _ptr(y),
+                                           _ffi.NULL) != 0
+    assert _lib.rwkv_testing_packed_matmul(0, _ptr(w), 4, 48, _ptr(x), 1, REFERENCE, _ptr(y), _ffi.NULL) != 0
+
+
+# ---- whole models ---------------------------------------------------------
+
+# n_ffn 328: the value matrix (328 columns) cannot be packed and stays with
+# ggml beside packed ones; 300 rows of head: a partial last group.
+N_VOCAB, N_EMBED, N_LAYER, N_FFN = 300, 96, 2, 328
+
+
+@pytest.fixture(scope="module")
+def fp32_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("packed") / "model-f32.gguf"
+    convert_state_dict(make_rwkv4_state_dict(N_VOCAB, N_EMBED, N_LAYER, n_ffn=N_FFN, seed=11), str(path), "FP32")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    return np.random.default_rng(2).integers(0, N_VOCAB, 37).astype(np.uint32)
+
+
+def _model_file(tmp_path, fp32_file, kind):
+    out = tmp_path / ("m-%s.gguf" % kind)
+    quantize(fp32_file, out, kind, n_threads=1)
+    return str(out)
+
+
+@pytest.mark.parametrize("kind", ["FP16", "Q8_0", "Q5_1", "Q4_0"])
+def test_packed_model_matches_ggml_model(tmp_path, fp32_file, tokens, kind):
+    path = _model_file(tmp_path, fp32_file, kind)
+    runs = {}
+    for repack in (False, True):
+        with rwkv_cpp.Model(path, n_threads=1, repack=repack) as m:
+            runs[repack] = m.eval_sequence(tokens, all_logits=True)
+    (l0, s0), (l1, s1) = runs[False], runs[True]
+    # Both round the activations (ggml: FP16 / Q8 per block; packed: fp32 /
+    # 8 bits per block): the same small error, not the same bits.
+    assert _nmse(l1, l0) <= (1e-6 if kind == "FP16" else 1e-4)
+    assert _nmse(s1, s0) <= (1e-6 if kind == "FP16" else 1e-4)
+
+
+@pytest.mark.parametrize("kind", ["FP16", "Q5_1"])
+def test_packed_sequence_equals_token_by_token(tmp_path, fp32_file, tokens, kind):
+    path = _model_file(tmp_path, fp32_file, kind)
+    with rwkv_cpp.Model(path, n_threads=2, repack=True) as m:
+        seq_logits, seq_state = m.eval_sequence(tokens)
+        state = None
+        for t in tokens:
+            logits, state = m.eval(int(t), state)
+    assert np.array_equal(seq_logits, logits)
+    assert np.array_equal(seq_state, state)
