@@ -84,6 +84,8 @@ const char * rwkv_type_str(enum rwkv_type type) {
     return "unknown";
 }
 
+bool rwkv_packed_kernels_available(void) { return rwkv::packed_kernels_available(); }
+
 struct rwkv_model_params rwkv_model_default_params(void) {
     rwkv_model_params p;
     p.use_mmap = true;

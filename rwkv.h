@@ -107,6 +107,10 @@ RWKV_API const char * rwkv_status_str(enum rwkv_status status);
 RWKV_API const char * rwkv_type_str(enum rwkv_type type);
 
 RWKV_API struct rwkv_model_params rwkv_model_default_params(void);
+
+/* Whether this CPU runs the library's own AVX-512 VNNI matrix kernels, i.e.
+ * whether rwkv_model_params.repack takes effect (checked at run time). */
+RWKV_API bool rwkv_packed_kernels_available(void);
 RWKV_API struct rwkv_context_params rwkv_context_default_params(void);
 
 /* Loads a model.  On failure returns a status, sets *out_model to NULL and

@@ -474,8 +474,9 @@ void Model::map_weights() {
 }
 
 // The matrices that go through matrix products (not the embedding, not the
-// small LoRA matrices), packed on all CPUs; each one's mapped pages are
-// dropped once it is packed, so resident memory stays about the file size.
+// small LoRA matrices), packed on all CPUs into one buffer; their mapped
+// pages are dropped as packing goes, so resident memory stays about the
+// file size.
 void Model::pack_weights() {
     const auto t_start = std::chrono::steady_clock::now();
     std::vector<ggml_tensor *> todo;
@@ -486,6 +487,22 @@ void Model::pack_weights() {
             todo.push_back(e.tensor);
         }
     }
+    // One buffer for all (no per-matrix rounding to huge pages), carved in
+    // 64-byte aligned pieces.
+    std::vector<size_t> offsets(todo.size() + 1, 0);
+    for (size_t i = 0; i < todo.size(); ++i) {
+        const ggml_tensor * t = todo[i];
+        offsets[i + 1] = offsets[i] + PackedMatrix::packed_bytes(t->type, t->ne[1], t->ne[0]);
+    }
+    if (todo.empty()) {
+        return;
+    }
+    packed_memory_ = allocate_packed(offsets.back());
+    if (!packed_memory_) {
+        fail(RWKV_STATUS_ERROR_ALLOC, "cannot allocate %zu bytes for the packed weights", offsets.back());
+    }
+    const FileData & file = file_->file();
+    const PackedMatrix::Release release = [&file](const uint8_t * p, size_t n) { file.drop_pages(p, n); };
     std::vector<std::unique_ptr<PackedMatrix>> done(todo.size());
     std::atomic<size_t> next{0};
     std::atomic<bool> failed{false};
@@ -496,8 +513,8 @@ void Model::pack_weights() {
         for (size_t i = next++; i < todo.size() && !failed; i = next++) {
             const ggml_tensor * t = todo[i];
             try {
-                done[i].reset(new PackedMatrix(t->type, t->ne[1], t->ne[0], t->data));
-                file_->file().drop_pages(static_cast<const uint8_t *>(t->data), ggml_nbytes(t));
+                done[i].reset(new PackedMatrix(t->type, t->ne[1], t->ne[0], t->data,
+                                               packed_memory_.get() + offsets[i], release));
             } catch (const Error & e) {
                 std::lock_guard<std::mutex> lock(error_mutex);
                 failed = true;

@@ -4,6 +4,7 @@
 
 #include "rwkv_common.h"
 #include "rwkv_file.h"
+#include "rwkv_packed.h"
 
 #include <memory>
 #include <string>
@@ -14,8 +15,6 @@ struct ggml_tensor;
 struct ggml_backend_buffer;
 
 namespace rwkv {
-
-class PackedMatrix;
 
 enum class Arch {
     V4,
@@ -202,6 +201,7 @@ private:
     std::unique_ptr<GgufFile> file_;
     ggml_backend_buffer * weights_ = nullptr;
     std::unordered_map<const ggml_tensor *, std::unique_ptr<PackedMatrix>> packed_;
+    PackedBuffer packed_memory_;  // one buffer for every packed matrix
 };
 
 }  // namespace rwkv

@@ -50,53 +50,6 @@ uint16_t load_u16(const uint8_t * p) {
     return v;
 }
 
-// One ggml block decoded to unsigned quants q[32] and raw fp16 d, m.
-struct Block {
-    uint8_t q[PACK_BLOCK];
-    uint16_t d;
-    uint16_t m;
-};
-
-// The ggml block layouts (ggml-common.h): element j < 16 in the low nibble of
-// qs[j], element j + 16 in the high nibble; Q5 fifth bits in a 32-bit qh.
-Block decode_block(ggml_type type, const uint8_t * p) {
-    Block b{};
-    b.d = load_u16(p);
-    switch (type) {
-        case GGML_TYPE_Q4_0:
-        case GGML_TYPE_Q4_1: {
-            const uint8_t * qs = p + (type == GGML_TYPE_Q4_1 ? 4 : 2);
-            if (type == GGML_TYPE_Q4_1) b.m = load_u16(p + 2);
-            for (int j = 0; j < 16; ++j) {
-                b.q[j] = qs[j] & 0x0F;
-                b.q[j + 16] = qs[j] >> 4;
-            }
-            break;
-        }
-        case GGML_TYPE_Q5_0:
-        case GGML_TYPE_Q5_1: {
-            const size_t h = type == GGML_TYPE_Q5_1 ? 4 : 2;
-            if (type == GGML_TYPE_Q5_1) b.m = load_u16(p + 2);
-            uint32_t qh;
-            std::memcpy(&qh, p + h, 4);
-            const uint8_t * qs = p + h + 4;
-            for (int j = 0; j < 16; ++j) {
-                b.q[j] = (qs[j] & 0x0F) | static_cast<uint8_t>(((qh >> j) & 1) << 4);
-                b.q[j + 16] = (qs[j] >> 4) | static_cast<uint8_t>(((qh >> (j + 16)) & 1) << 4);
-            }
-            break;
-        }
-        case GGML_TYPE_Q8_0: {
-            const int8_t * qs = reinterpret_cast<const int8_t *>(p + 2);
-            for (int j = 0; j < PACK_BLOCK; ++j) b.q[j] = static_cast<uint8_t>(qs[j] + 128);
-            break;
-        }
-        default:
-            break;
-    }
-    return b;
-}
-
 float half_to_float(uint16_t h) {
     ggml_fp16_t v;
     std::memcpy(&v, &h, 2);
@@ -320,6 +273,77 @@ bool cpu_has_packed_features() {
 #endif
 }
 
+uint32_t load_u32(const uint8_t * p) {
+    uint32_t v;
+    std::memcpy(&v, p, 4);
+    return v;
+}
+
+void store_u32(uint8_t * p, uint32_t v) { std::memcpy(p, &v, 4); }
+
+// Rows [0, n_valid) of one group of a quantized matrix (ggml block layouts,
+// ggml-common.h: element j < 16 in the low nibble of qs[j], element j + 16 in
+// its high nibble, Q5 fifth bits as bit j of a 32-bit qh) into the packed
+// layout of the header.  With the 16 quant bytes of a Q4/Q5 block read as
+// words W0..W3 (bytes 0-3, 4-7, 8-11, 12-15), lane pair j holds elements
+// (8j + i, 8j + 4 + i): low nibbles of W0/W1 and W2/W3 for j = 0, 1, high
+// nibbles for j = 2, 3.
+void pack_quant_group(ggml_type type, const PackedMatrix::Layout & L, const uint8_t * const * rows, int n_valid,
+                      int64_t nb, uint8_t * grp) {
+    const TypeInfo ti = info(type);
+    const size_t block_bytes = ggml_type_size(type);
+    const size_t qs_at = ti.eight_bit ? 2 : (ti.has_m ? 4 : 2) + (ti.has_qh ? 4 : 0);
+    constexpr uint32_t LO = 0x0F0F0F0Fu, HI = 0xF0F0F0F0u;
+    for (int64_t b = 0; b < nb; ++b) {
+        uint8_t * qs = grp + L.qs + b * L.qs_stride;
+        uint64_t masks[8] = {};
+        for (int rr = 0; rr < n_valid; ++rr) {
+            const uint8_t * p = rows[rr] + b * block_bytes;
+            std::memcpy(grp + L.d + b * L.d_stride + rr * 2, p, 2);
+            if (ti.has_m) std::memcpy(grp + L.m + b * L.d_stride + rr * 2, p + 2, 2);
+            const uint8_t * q = p + qs_at;
+            if (ti.eight_bit) {
+                for (int t = 0; t < 8; ++t) store_u32(qs + 64 * t + 4 * rr, load_u32(q + 4 * t) ^ 0x80808080u);
+                continue;
+            }
+            const uint32_t w0 = load_u32(q), w1 = load_u32(q + 4), w2 = load_u32(q + 8), w3 = load_u32(q + 12);
+            store_u32(qs + 4 * rr, (w0 & LO) | ((w1 & LO) << 4));
+            store_u32(qs + 64 + 4 * rr, (w2 & LO) | ((w3 & LO) << 4));
+            store_u32(qs + 128 + 4 * rr, ((w0 >> 4) & LO) | (w1 & HI));
+            store_u32(qs + 192 + 4 * rr, ((w2 >> 4) & LO) | (w3 & HI));
+            if (ti.has_qh) {
+                const uint32_t qh = load_u32(q - 4);
+                for (int t = 0; t < 8; ++t) masks[t] |= static_cast<uint64_t>((qh >> (4 * t)) & 0xF) << (4 * rr);
+            }
+        }
+        if (ti.has_qh) std::memcpy(grp + L.qh + b * L.qh_stride, masks, sizeof(masks));
+    }
+}
+
+// Rows [0, n_valid) of one F16 group transposed to [K][16], 16 columns at a
+// time through a small tile (strided 2-byte writes straight into the group
+// would touch 16 cache lines per row).
+void pack_f16_group(const uint8_t * const * rows, int n_valid, int64_t K, uint8_t * grp) {
+    uint16_t tile[PACK_ROWS][16];
+    for (int64_t k0 = 0; k0 < K; k0 += 16) {
+        for (int rr = 0; rr < PACK_ROWS; ++rr) {
+            if (rr < n_valid) {
+                std::memcpy(tile[rr], rows[rr] + k0 * 2, sizeof(tile[rr]));
+            } else {
+                std::memset(tile[rr], 0, sizeof(tile[rr]));
+            }
+        }
+        uint16_t out[16][PACK_ROWS];
+        for (int k = 0; k < 16; ++k)
+            for (int rr = 0; rr < PACK_ROWS; ++rr) out[k][rr] = tile[rr][k];
+        std::memcpy(grp + k0 * PACK_ROWS * 2, out, sizeof(out));
+    }
+}
+
+uint8_t * allocate(size_t bytes) {
+    return static_cast<uint8_t *>(std::aligned_alloc(ALIGN, round_up(std::max<size_t>(bytes, 1), ALIGN)));
+}
+
 }  // namespace
 
 bool packed_kernels_available() {
@@ -342,75 +366,78 @@ bool packable(ggml_type type, int64_t n_cols) {
     }
 }
 
-void PackedMatrix::Free::operator()(uint8_t * p) const { std::free(p); }
+void PackedFree::operator()(uint8_t * p) const { std::free(p); }
 
-PackedMatrix::PackedMatrix(ggml_type type, int64_t n_rows, int64_t n_cols, const void * data)
+PackedBuffer allocate_packed(size_t bytes) { return PackedBuffer(allocate(bytes)); }
+
+
+namespace {
+
+// Region offsets of one group (see the header); returns the group's bytes.
+size_t group_layout(ggml_type type, int64_t n_cols, PackedMatrix::Layout & lay) {
+    const int64_t nb = n_cols / PACK_BLOCK;
+    const TypeInfo ti = info(type);
+    lay = {};
+    if (type == GGML_TYPE_F16) {
+        return round_up(static_cast<size_t>(n_cols) * PACK_ROWS * 2, ALIGN);
+    }
+    lay.d_stride = PACK_ROWS * 2;
+    lay.qh_stride = ti.has_qh ? 64 : 0;
+    lay.qs_stride = ti.eight_bit ? 512 : 256;
+    size_t off = round_up(nb * lay.d_stride, ALIGN);
+    lay.m = off;
+    if (ti.has_m) off = round_up(off + nb * lay.d_stride, ALIGN);
+    lay.qh = off;
+    off = round_up(off + nb * lay.qh_stride, ALIGN);
+    lay.qs = off;
+    return round_up(off + nb * lay.qs_stride, ALIGN);
+}
+
+constexpr int64_t RELEASE_GROUPS = 64;  // source rows handed back per release call: 1024
+
+}  // namespace
+
+size_t PackedMatrix::packed_bytes(ggml_type type, int64_t n_rows, int64_t n_cols) {
+    if (!packable(type, n_cols) || n_rows <= 0) return 0;
+    Layout lay;
+    const uint64_t groups = static_cast<uint64_t>((n_rows + PACK_ROWS - 1) / PACK_ROWS);
+    return checked_mul(groups, group_layout(type, n_cols, lay), "packed matrix size");
+}
+
+PackedMatrix::PackedMatrix(ggml_type type, int64_t n_rows, int64_t n_cols, const void * data, uint8_t * storage,
+                           const Release & release)
     : type_(type), n_rows_(n_rows), n_cols_(n_cols), n_groups_((n_rows + PACK_ROWS - 1) / PACK_ROWS) {
     if (!packable(type, n_cols) || n_rows <= 0) {
         fail(RWKV_STATUS_ERROR_UNSUPPORTED, "cannot pack a %s matrix of %lld columns", ggml_type_name(type),
              static_cast<long long>(n_cols));
     }
+    group_bytes_ = group_layout(type, n_cols, lay_);
+    base_ = storage;
+    if (base_ == nullptr) {
+        const size_t total = packed_bytes(type, n_rows, n_cols);
+        owned_ = allocate_packed(total);
+        base_ = owned_.get();
+        if (base_ == nullptr) {
+            fail(RWKV_STATUS_ERROR_ALLOC, "cannot allocate %zu bytes for a packed matrix", total);
+        }
+    }
     const int64_t nb = n_cols / PACK_BLOCK;
-    const TypeInfo ti = info(type);
-    size_t off = 0;
-    if (type == GGML_TYPE_F16) {
-        lay_.qs = 0;
-        off = static_cast<size_t>(n_cols) * PACK_ROWS * 2;
-    } else {
-        lay_.d_stride = PACK_ROWS * 2;
-        lay_.qh_stride = ti.has_qh ? 64 : 0;
-        lay_.qs_stride = ti.eight_bit ? 512 : 256;
-        lay_.d = off;
-        off = round_up(off + nb * lay_.d_stride, ALIGN);
-        lay_.m = off;
-        if (ti.has_m) off = round_up(off + nb * lay_.d_stride, ALIGN);
-        lay_.qh = off;
-        off = round_up(off + nb * lay_.qh_stride, ALIGN);
-        lay_.qs = off;
-        off += nb * lay_.qs_stride;
-    }
-    group_bytes_ = round_up(off, ALIGN);
-    const size_t total = checked_mul(static_cast<uint64_t>(n_groups_), group_bytes_, "packed matrix size");
-    data_.reset(static_cast<uint8_t *>(std::aligned_alloc(ALIGN, total)));
-    if (!data_) {
-        fail(RWKV_STATUS_ERROR_ALLOC, "cannot allocate %zu bytes for a packed matrix", total);
-    }
-    std::memset(data_.get(), 0, total);  // padding rows: zero weights and scales
-
     const uint8_t * src = static_cast<const uint8_t *>(data);
     const size_t row_bytes = ggml_row_size(type, n_cols);
-    for (int64_t r = 0; r < n_rows; ++r) {
-        uint8_t * grp = data_.get() + (r / PACK_ROWS) * group_bytes_;
-        const int rr = static_cast<int>(r % PACK_ROWS);
-        const uint8_t * row = src + r * row_bytes;
+    for (int64_t g = 0; g < n_groups_; ++g) {
+        const uint8_t * rows[PACK_ROWS];
+        const int n_valid = static_cast<int>(std::min<int64_t>(PACK_ROWS, n_rows - g * PACK_ROWS));
+        for (int rr = 0; rr < PACK_ROWS; ++rr) rows[rr] = rr < n_valid ? src + (g * PACK_ROWS + rr) * row_bytes : nullptr;
+        uint8_t * grp = base_ + g * group_bytes_;
+        std::memset(grp, 0, group_bytes_);  // padding rows: zero weights and scales
         if (type == GGML_TYPE_F16) {
-            for (int64_t k = 0; k < n_cols; ++k) std::memcpy(grp + (k * PACK_ROWS + rr) * 2, row + k * 2, 2);
-            continue;
+            pack_f16_group(rows, n_valid, n_cols, grp);
+        } else {
+            pack_quant_group(type, lay_, rows, n_valid, nb, grp);
         }
-        const size_t block_bytes = ggml_type_size(type);
-        for (int64_t b = 0; b < nb; ++b) {
-            const Block blk = decode_block(type, row + b * block_bytes);
-            std::memcpy(grp + lay_.d + b * lay_.d_stride + rr * 2, &blk.d, 2);
-            if (ti.has_m) std::memcpy(grp + lay_.m + b * lay_.d_stride + rr * 2, &blk.m, 2);
-            uint8_t * qs = grp + lay_.qs + b * lay_.qs_stride;
-            if (ti.eight_bit) {
-                for (int t = 0; t < 8; ++t)
-                    for (int i = 0; i < 4; ++i) qs[64 * t + 4 * rr + i] = blk.q[4 * t + i];
-            } else {
-                for (int j = 0; j < 4; ++j)
-                    for (int i = 0; i < 4; ++i)
-                        qs[64 * j + 4 * rr + i] =
-                            static_cast<uint8_t>((blk.q[8 * j + i] & 0x0F) | ((blk.q[8 * j + 4 + i] & 0x0F) << 4));
-            }
-            if (ti.has_qh) {
-                uint8_t * qh = grp + lay_.qh + b * lay_.qh_stride;
-                for (int t = 0; t < 8; ++t) {
-                    uint64_t bits;
-                    std::memcpy(&bits, qh + 8 * t, 8);
-                    for (int i = 0; i < 4; ++i) bits |= static_cast<uint64_t>((blk.q[4 * t + i] >> 4) & 1) << (4 * rr + i);
-                    std::memcpy(qh + 8 * t, &bits, 8);
-                }
-            }
+        if (release && ((g + 1) % RELEASE_GROUPS == 0 || g + 1 == n_groups_)) {
+            const int64_t r0 = (g / RELEASE_GROUPS) * RELEASE_GROUPS * PACK_ROWS, r1 = g * PACK_ROWS + n_valid;
+            release(src + r0 * row_bytes, (r1 - r0) * row_bytes);
         }
     }
 }

@@ -36,8 +36,6 @@ rwkv_status multiply_ggml(ggml_type type, const std::vector<uint8_t> & q, int64_
 
 extern "C" {
 
-int rwkv_testing_packed_available(void) { return packed_kernels_available() ? 1 : 0; }
-
 size_t rwkv_testing_quantized_column_bytes(int64_t cols) { return quantized_column_bytes(cols); }
 
 rwkv_status rwkv_testing_quantize_activation(const float * x, int64_t cols, int64_t n_tokens, int simd, uint8_t * out) {

@@ -13,9 +13,6 @@
 extern "C" {
 #endif
 
-/* 1 when this CPU runs the packed AVX-512 VNNI kernels. */
-RWKV_API int rwkv_testing_packed_available(void);
-
 /* Quantizes w ([rows][cols] floats) to ggml_type with ggml, then computes
  * y[t][r] = sum_k W[r][k] * x[t][k] for t < n_tokens with
  *   mode 0: the packed matrix and the AVX-512 kernels (activation included),

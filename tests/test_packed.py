@@ -14,7 +14,6 @@ from rwkv_cpp.quantize import quantize
 _ffi = FFI()
 _ffi.cdef(
     """
-    int rwkv_testing_packed_available(void);
     int rwkv_testing_packed_matmul(int ggml_type, const float * w, int64_t rows, int64_t cols,
                                    const float * x, int64_t n_tokens, int mode, float * y, float * w_dequant);
     size_t rwkv_testing_quantized_column_bytes(int64_t cols);
@@ -28,7 +27,7 @@ GGML_TYPES = {"F16": 1, "Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8}
 SIMD, REFERENCE, GGML = 0, 1, 2
 
 needs_simd = pytest.mark.skipif(
-    not _lib.rwkv_testing_packed_available(), reason="this CPU lacks AVX-512 VNNI: the packed kernels are not used"
+    not rwkv_cpp.packed_kernels_available(), reason="this CPU lacks AVX-512 VNNI: the packed kernels are not used"
 )
 
 # rows: under, at and over one 16-row group; cols: one block and more;

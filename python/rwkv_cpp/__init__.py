@@ -14,12 +14,13 @@ from .errors import (
     RWKVError,
     UnsupportedModelError,
 )
-from .model import Model
+from .model import Model, packed_kernels_available
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Model",
+    "packed_kernels_available",
     "RWKVError",
     "InvalidArgumentError",
     "ModelIOError",

@@ -289,6 +289,12 @@ class Model:
                                     tokenizer=tokenizer, progress=progress)
 
 
+def packed_kernels_available():
+    """Whether this CPU runs the library's own AVX-512 VNNI matrix kernels
+    (the ones ``Model(repack=True)`` lays the weights out for)."""
+    return bool(lib.rwkv_packed_kernels_available())
+
+
 def _thread_count(n_threads):
     if n_threads is None:
         return 0  # the library uses every online CPU
