@@ -3,20 +3,26 @@
 tokens/s at 128 and 512 tokens, peak RSS and load time, per format.
 
     python bench/bench_speed.py [--models 169m 430m 1.5b] [--types FP16 Q8_0 Q5_1 Q4_0]
-                                [--threads 2] [--procs 3] [--smoke]
+                                [--kernels packed ggml] [--threads 2] [--procs 3] [--smoke]
 
 Method:
 1. models are generated once (official key names, random weights, numpy;
    no torch), converted to FP16 GGUF and quantized; cached in bench/cache/;
-2. bench/membw.c measures the read bandwidth with the same thread count;
-   floor = weight bytes one token reads (every matrix but the embedding, one
-   embedding row, the vectors) / bandwidth;
+2. bench/membw.c measures the read bandwidth with the same thread count,
+   right before every worker process (this machine's bandwidth changes
+   from minute to minute); floor = weight bytes one token reads (every
+   matrix but the embedding, one embedding row, the vectors) / bandwidth,
+   and % of floor is the median over the processes of floor / decode time;
 3. correctness before timing: each format's logits against the FP16 file's
    on 16 tokens (KL divergence, printed);
 4. every measurement runs in a fresh worker process (load time, first-token
    time and peak RSS are per process); decode = 32 tokens after 8 warm-up
    tokens; medians over --procs processes, min-max shown; prefill = one
-   eval_sequence of 128 and of 512 tokens (best of 2 in each process).
+   eval_sequence of 128 and of 512 tokens (best of 2 in each process);
+5. kernels: "packed" = the library's own AVX-512 VNNI kernels on weights
+   re-laid out at load (Model(repack=True), the default where the CPU has
+   them), "ggml" = ggml's kernels on the memory-mapped file (repack=False);
+   both run in the same rounds, one process after the other.
 """
 
 import argparse
@@ -101,12 +107,12 @@ def bandwidth(threads, mib=1024, runs=10):
     return float(out.split("median_gbs=")[1].split()[0])
 
 
-def worker(path, threads, decode_tokens, check_ref, prefill=(128, 512)):
+def worker(path, threads, decode_tokens, check_ref, prefill=(128, 512), repack=True):
     """Runs in a child process: prints one JSON line."""
     import time
     t0 = time.perf_counter()
     import rwkv_cpp
-    m = rwkv_cpp.Model(path, n_threads=threads)
+    m = rwkv_cpp.Model(path, n_threads=threads, repack=repack)
     t_load = time.perf_counter() - t0
     rng = np.random.default_rng(1)
     toks = rng.integers(0, m.n_vocab, 600).astype(np.uint32)
@@ -164,10 +170,10 @@ def run_official(pth, strategy, threads, decode_tokens):
     return json.loads(out.split("RESULT ", 1)[1])
 
 
-def run_worker(path, threads, decode_tokens, check, prefill=(128, 512)):
+def run_worker(path, threads, decode_tokens, check, prefill=(128, 512), repack=True):
     out = subprocess.run([sys.executable, __file__, "--worker", str(path), "--threads", str(threads),
-                          "--decode-tokens", str(decode_tokens), "--prefill"] + [str(n) for n in prefill]
-                         + (["--check"] if check else []),
+                          "--decode-tokens", str(decode_tokens), "--repack", "1" if repack else "0",
+                          "--prefill"] + [str(n) for n in prefill] + (["--check"] if check else []),
                          check=True, capture_output=True, text=True).stdout
     return json.loads(out.split("RESULT ", 1)[1])
 
@@ -177,10 +183,31 @@ def kl(ref, other):
     return float(kl_rows(np.asarray(ref)[None], np.asarray(other)[None])[0])
 
 
+def default_kernels():
+    import rwkv_cpp
+    return ["packed", "ggml"] if rwkv_cpp.packed_kernels_available() else ["ggml"]
+
+
+def measure(files, t, kernels, args, membw_args):
+    """{kernel: [run results]}: --procs rounds, each running every kernel in
+    a fresh process right after a bandwidth measurement."""
+    runs = {k: [] for k in kernels}
+    for i in range(args.procs):
+        for k in kernels:
+            bw = bandwidth(args.threads, *membw_args)
+            r = run_worker(files[t], args.threads, args.decode_tokens, check=(i == 0), prefill=args.prefill,
+                           repack=(k == "packed"))
+            r["bandwidth"] = bw
+            runs[k].append(r)
+    return runs
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=["169m", "430m", "1.5b"])
     ap.add_argument("--types", nargs="+", default=["FP16", "Q8_0", "Q5_1", "Q4_0"])
+    ap.add_argument("--kernels", nargs="+", choices=["packed", "ggml"], default=None,
+                    help="which matrix kernels to time (default: packed and ggml where the CPU has the packed ones)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--procs", type=int, default=3)
     ap.add_argument("--decode-tokens", type=int, default=32)
@@ -190,50 +217,68 @@ def main():
                     help="also time the official package (cpu fp32, cpu bf16) on the 169M shape "
                          "(bench/cache/rwkv4-169m-shape.pth from bench_decode.py)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--repack", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--official-worker", help=argparse.SUPPRESS)
     ap.add_argument("--strategy", help=argparse.SUPPRESS)
     ap.add_argument("--check", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        return worker(args.worker, args.threads, args.decode_tokens, args.check, args.prefill)
+        return worker(args.worker, args.threads, args.decode_tokens, args.check, args.prefill, bool(args.repack))
     if args.official_worker:
         return official_worker(args.official_worker, args.strategy, args.threads, args.decode_tokens)
     if args.smoke:
         args.models, args.procs, args.decode_tokens = ["smoke"], 1, 4
-    bw = bandwidth(args.threads, 64, 2) if args.smoke else bandwidth(args.threads)
-    print("\n%s, %s, %d threads, ggml: %s, read bandwidth %.1f GB/s (median)" % (
+    kernels = args.kernels or default_kernels()
+    membw_args = (64, 2) if args.smoke else (1024, 5)
+    print("\n%s, %s, %d threads, ggml: %s, kernels: %s" % (
         datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), platform.processor() or platform.machine(),
-        args.threads, ggml_build(), bw), flush=True)
-    print("| model | type | file MiB | KL vs FP16 | decode ms/token (min-max) | floor ms | % of floor | "
-          "prefill 128 tok/s | prefill 512 tok/s | peak RSS MiB | load s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        args.threads, ggml_build(), " and ".join(kernels)), flush=True)
+    print("| model | type | kernels | file MiB | KL vs FP16 | decode ms/token (min-max) | read GB/s | floor ms | "
+          "% of floor | prefill 128 tok/s | prefill 512 tok/s | peak RSS MiB | load s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    ratios = []
     for name in args.models:
         files = model_files(name, args.types, 256 if name == "smoke" else N_VOCAB)
         ref = None
         for t in args.types:
-            runs = [run_worker(files[t], args.threads, args.decode_tokens, check=(i == 0), prefill=args.prefill)
-                    for i in range(args.procs)]
-            if t == "FP16":
-                ref = runs[0]["check_logits"]
-            dec = [r["decode_ms"] for r in runs]
-            floor = bytes_per_token(files[t]) / (bw * 1e9) * 1e3
-            med = statistics.median(dec)
-            print("| %s | %s | %.0f | %s | %.2f (%.2f-%.2f) | %.2f | %.0f%% | %.0f | %.0f | %.0f | %.3f |" % (
-                name, t, files[t].stat().st_size / 2**20,
-                "%.1e" % kl(ref, runs[0]["check_logits"]) if ref is not None else "-",
-                med, min(dec), max(dec), floor, 100 * floor / med,
-                statistics.median(r.get("prefill_128", 0) for r in runs),
-                statistics.median(r.get("prefill_512", 0) for r in runs),
-                max(r["rss_mib"] for r in runs), statistics.median(r["load_s"] for r in runs)), flush=True)
+            runs = measure(files, t, kernels, args, membw_args)
+            nbytes = bytes_per_token(files[t])
+            summary = {}
+            for k in kernels:
+                rs = runs[k]
+                if ref is None and t == "FP16":
+                    ref = rs[0]["check_logits"]
+                dec = [r["decode_ms"] for r in rs]
+                bws = [r["bandwidth"] for r in rs]
+                bw = statistics.median(bws)
+                pct = statistics.median(100 * nbytes / (r["bandwidth"] * 1e9) * 1e3 / r["decode_ms"] for r in rs)
+                p128 = statistics.median(r.get("prefill_128", 0) for r in rs)
+                summary[k] = (statistics.median(dec), p128)
+                print("| %s | %s | %s | %.0f | %s | %.2f (%.2f-%.2f) | %.1f | %.2f | %.0f%% | %.0f | %.0f | %.0f | %.3f |"
+                      % (name, t, k, files[t].stat().st_size / 2**20,
+                         "%.1e" % kl(ref, rs[0]["check_logits"]) if ref is not None else "-",
+                         statistics.median(dec), min(dec), max(dec), bw, nbytes / (bw * 1e9) * 1e3, pct, p128,
+                         statistics.median(r.get("prefill_512", 0) for r in rs),
+                         max(r["rss_mib"] for r in rs), statistics.median(r["load_s"] for r in rs)), flush=True)
+            if "packed" in summary and "ggml" in summary:
+                ratios.append((name, t, summary["ggml"][0] / summary["packed"][0],
+                               summary["packed"][1] / max(summary["ggml"][1], 1e-9)))
+    if ratios:
+        print("\n| model | type | decode speed-up, packed vs ggml kernels | prefill 128 speed-up |")
+        print("| --- | --- | --- | --- |")
+        for name, t, d, p in ratios:
+            print("| %s | %s | %.2fx | %.2fx |" % (name, t, d, p))
     if args.official and "169m" in args.models:
         pth = CACHE / "rwkv4-169m-shape.pth"
         if not pth.exists():
             print("(no %s: run bench/bench_decode.py once to make it)" % pth)
             return
+        print("\n| model | backend | decode ms/token (min-max) | prefill 128 tok/s |")
+        print("| --- | --- | --- | --- |")
         for strategy in ("cpu fp32", "cpu bf16"):
             runs = [run_official(pth, strategy, args.threads, args.decode_tokens) for _ in range(args.procs)]
             dec = [r["decode_ms"] for r in runs]
-            print("| 169m | official %s | - | - | %.2f (%.2f-%.2f) | - | - | %.0f | - | - | - |" % (
+            print("| 169m | official %s (same run) | %.2f (%.2f-%.2f) | %.0f |" % (
                 strategy, statistics.median(dec), min(dec), max(dec),
                 statistics.median(r["prefill_128"] for r in runs)), flush=True)
 
