@@ -86,6 +86,8 @@ const char * rwkv_type_str(enum rwkv_type type) {
 
 bool rwkv_packed_kernels_available(void) { return rwkv::packed_kernels_available(); }
 
+const char * rwkv_packed_kernels_name(void) { return rwkv::packed_isa_name(rwkv::packed_isa()); }
+
 struct rwkv_model_params rwkv_model_default_params(void) {
     rwkv_model_params p;
     p.use_mmap = true;

@@ -77,8 +77,9 @@ struct rwkv_context;
 
 struct rwkv_model_params {
     bool use_mmap;                 /* map the file instead of reading it (default true) */
-    /* Re-lay F16 and quantized matrices out for the library's AVX-512 VNNI
-     * kernels at load (default true; a no-op on CPUs without AVX-512 VNNI).
+    /* Re-lay F16 and quantized matrices out for the library's own kernels
+     * (AVX-512 VNNI or AVX2) at load (default true; a no-op on CPUs with
+     * neither, see rwkv_packed_kernels_available and docs/KERNELS.md).
      * Costs a copy of those matrices at load, whose mapped pages are then
      * released; false keeps every weight in the file's pages (ggml kernels). */
     bool repack;
@@ -108,9 +109,13 @@ RWKV_API const char * rwkv_type_str(enum rwkv_type type);
 
 RWKV_API struct rwkv_model_params rwkv_model_default_params(void);
 
-/* Whether this CPU runs the library's own AVX-512 VNNI matrix kernels, i.e.
+/* Whether this CPU runs the library's own matrix kernels (AVX-512 VNNI or
+ * AVX2; the variable RWKV_CPP_PACKED_ISA=avx2|none caps the choice), i.e.
  * whether rwkv_model_params.repack takes effect (checked at run time). */
 RWKV_API bool rwkv_packed_kernels_available(void);
+/* Their instruction set: "AVX-512 VNNI", "AVX2" or "none". */
+RWKV_API const char * rwkv_packed_kernels_name(void);
+
 RWKV_API struct rwkv_context_params rwkv_context_default_params(void);
 
 /* Loads a model.  On failure returns a status, sets *out_model to NULL and

@@ -230,9 +230,10 @@ def main():
         args.models, args.procs, args.decode_tokens = ["smoke"], 1, 4
     kernels = args.kernels or default_kernels()
     membw_args = (64, 2) if args.smoke else (1024, 5)
-    print("\n%s, %s, %d threads, ggml: %s, kernels: %s" % (
+    import rwkv_cpp
+    print("\n%s, %s, %d threads, ggml: %s, kernels: %s (packed = %s)" % (
         datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), platform.processor() or platform.machine(),
-        args.threads, ggml_build(), " and ".join(kernels)), flush=True)
+        args.threads, ggml_build(), " and ".join(kernels), rwkv_cpp.packed_kernels_name()), flush=True)
     print("| model | type | kernels | file MiB | KL vs FP16 | decode ms/token (min-max) | read GB/s | floor ms | "
           "% of floor | prefill 128 tok/s | prefill 512 tok/s | peak RSS MiB | load s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")

@@ -21,7 +21,7 @@ enum class MixForm;
 namespace blocks {
 
 // x @ w.T for a matrix w [out, in] (ggml [in, out]) and x [in, T]: the
-// packed AVX-512 kernel when the model packed w (rwkv_packed.h), else ggml's.
+// packed kernel when the model packed w (rwkv_packed.h), else ggml's.
 ggml_tensor * matmul(ggml_context * ctx, const Model & m, ggml_tensor * w, ggml_tensor * x);
 
 // F.layer_norm(x, (D,), weight=w, bias=b, eps=eps), per column of x [D, T]

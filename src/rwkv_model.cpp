@@ -542,8 +542,8 @@ void Model::pack_weights() {
         packed_.emplace(todo[i], std::move(done[i]));
     }
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-    log_.log(RWKV_LOG_LEVEL_INFO, "packed %zu matrices (%.1f MiB) for the AVX-512 VNNI kernels in %.3f s",
-             todo.size(), bytes / 1048576.0, seconds);
+    log_.log(RWKV_LOG_LEVEL_INFO, "packed %zu matrices (%.1f MiB) for the %s kernels in %.3f s", todo.size(),
+             bytes / 1048576.0, packed_isa_name(packed_isa()), seconds);
 }
 
 const PackedMatrix * Model::packed(const ggml_tensor * t) const {

@@ -1,23 +1,17 @@
 #include "rwkv_packed.h"
 
 #include "rwkv_common.h"
+#include "rwkv_packed_kernels.h"
 
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#    include <immintrin.h>
-#    define RWKV_HAVE_X86 1
-#    define RWKV_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,f16c,fma")))
-// The accumulators must stay in registers: unroll the short fixed loops.
-#    define RWKV_UNROLL _Pragma("GCC unroll 16")
-#else
-#    define RWKV_HAVE_X86 0
-#endif
-
 namespace rwkv {
+
+using packed::QColumn;
+using packed::qcolumn;
 
 namespace {
 
@@ -56,19 +50,6 @@ float half_to_float(uint16_t h) {
     return ggml_fp16_to_fp32(v);
 }
 
-// Pointers into one quantized activation column.
-struct QColumn {
-    const int8_t * q;
-    const float * dx;
-    const float * sx;
-};
-
-QColumn qcolumn(const uint8_t * base, int64_t n_cols) {
-    const int64_t nb = n_cols / PACK_BLOCK;
-    const float * dx = reinterpret_cast<const float *>(base + n_cols);
-    return {reinterpret_cast<const int8_t *>(base), dx, dx + nb};
-}
-
 // ---- reference (naive) quantization of one activation block ----
 void quantize_block_ref(const float * x, int8_t * q, float * dx, float * sx) {
     float amax = 0.0f;
@@ -84,230 +65,30 @@ void quantize_block_ref(const float * x, int8_t * q, float * dx, float * sx) {
     *sx = d * static_cast<float>(sum);
 }
 
-#if RWKV_HAVE_X86
 
-RWKV_AVX512 void quantize_block_avx512(const float * x, int8_t * q, float * dx, float * sx) {
-    const __m512 a = _mm512_loadu_ps(x), b = _mm512_loadu_ps(x + 16);
-    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
-    const float d = amax / 127.0f;
-    const __m512 id = _mm512_set1_ps(d != 0.0f ? 1.0f / d : 0.0f);
-    // cvtps_epi32 rounds to nearest even, as nearbyint in the reference
-    const __m512i qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, id));
-    const __m512i qb = _mm512_cvtps_epi32(_mm512_mul_ps(b, id));
-    _mm_storeu_si128(reinterpret_cast<__m128i *>(q), _mm512_cvtepi32_epi8(qa));
-    _mm_storeu_si128(reinterpret_cast<__m128i *>(q + 16), _mm512_cvtepi32_epi8(qb));
-    *dx = d;
-    *sx = d * static_cast<float>(_mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb)));
-}
-
-// Four activation bytes of lane t, broadcast to the 16 row lanes.
-RWKV_AVX512 inline __m512i xlane(const int8_t * xq, int t) {
-    int32_t v;
-    std::memcpy(&v, xq + 4 * t, 4);
-    return _mm512_set1_epi32(v);
-}
-
-// Block b of a group unpacked into 8 lanes of unsigned bytes.
-template <ggml_type TYPE>
-RWKV_AVX512 inline void unpack_lanes(const uint8_t * grp, const PackedMatrix::Layout & L, int64_t b, __m512i * w) {
-    constexpr TypeInfo ti = TYPE == GGML_TYPE_Q4_0   ? TypeInfo{false, false, false, 8}
-                            : TYPE == GGML_TYPE_Q4_1 ? TypeInfo{true, false, false, 0}
-                            : TYPE == GGML_TYPE_Q5_0 ? TypeInfo{false, true, false, 16}
-                            : TYPE == GGML_TYPE_Q5_1 ? TypeInfo{true, true, false, 0}
-                                                     : TypeInfo{false, false, true, 128};
-    const uint8_t * qs = grp + L.qs + b * L.qs_stride;
-    if constexpr (ti.eight_bit) {
-        RWKV_UNROLL
-        for (int t = 0; t < 8; ++t) w[t] = _mm512_loadu_si512(qs + 64 * t);
-    } else {
-        const __m512i low = _mm512_set1_epi8(0x0F);
-        RWKV_UNROLL
-        for (int j = 0; j < 4; ++j) {
-            const __m512i p = _mm512_loadu_si512(qs + 64 * j);
-            w[2 * j] = _mm512_and_si512(p, low);
-            w[2 * j + 1] = _mm512_and_si512(_mm512_srli_epi16(p, 4), low);
-        }
-        if constexpr (ti.has_qh) {
-            const uint8_t * qh = grp + L.qh + b * L.qh_stride;
-            const __m512i fifth = _mm512_set1_epi8(0x10);
-            RWKV_UNROLL
-            for (int t = 0; t < 8; ++t) {
-                uint64_t bits;
-                std::memcpy(&bits, qh + 8 * t, 8);
-                w[t] = _mm512_mask_add_epi8(w[t], _cvtu64_mask64(bits), w[t], fifth);
-            }
-        }
-    }
-}
-
-// Software prefetch, this many blocks ahead (4 KiB of Q4/Q5 quants): at the
-// start of each short weight stream the hardware prefetcher is still
-// learning, and decode reads hundreds of such streams per token.  Measured
-// side by side (2 threads, 5 processes each): 430M Q4_0 10.5 -> 8.6
-// ms/token, Q5_1 11.5 -> 10.3, 1.5B Q4_0 33.3 -> 26.2.  Q8_0 and F16 showed
-// no gain (their kernels already run at the bandwidth) and go without.
-constexpr int64_t PREFETCH_BLOCKS = 16;
-
-// Prefetch helpers must be inlined: GCC deems a function that only
-// prefetches free of side effects and deletes calls to it.
-#define RWKV_PREFETCH_HELPER RWKV_AVX512 inline __attribute__((always_inline))
-
-RWKV_PREFETCH_HELPER void prefetch_line(const uint8_t * p) {
-    _mm_prefetch(reinterpret_cast<const char *>(p), _MM_HINT_T0);
-}
-
-// Block b of a Q4/Q5 group (256 bytes of quants; reads past the group's end
-// are harmless: prefetches never fault).
-template <bool has_m, bool has_qh>
-RWKV_PREFETCH_HELPER void prefetch_block(const uint8_t * grp, const PackedMatrix::Layout & L, int64_t b) {
-    const uint8_t * qs = grp + L.qs + b * 256;
-    prefetch_line(qs);
-    prefetch_line(qs + 64);
-    prefetch_line(qs + 128);
-    prefetch_line(qs + 192);
-    if (b % 2 == 0) {  // 32-byte scales: one line per two blocks
-        prefetch_line(grp + L.d + b * 32);
-        if (has_m) prefetch_line(grp + L.m + b * 32);
-    }
-    if (has_qh) prefetch_line(grp + L.qh + b * 64);
-}
-
-// TT activation columns times one group of 16 rows; acc[tt] = 16 outputs.
-template <ggml_type TYPE, int TT>
-RWKV_AVX512 void quant_group(const uint8_t * grp, const PackedMatrix::Layout & L, int64_t nb, const QColumn * x,
-                             __m512 * acc) {
-    constexpr bool has_m = TYPE == GGML_TYPE_Q4_1 || TYPE == GGML_TYPE_Q5_1;
-    constexpr bool has_qh = TYPE == GGML_TYPE_Q5_0 || TYPE == GGML_TYPE_Q5_1;
-    constexpr bool eight_bit = TYPE == GGML_TYPE_Q8_0;
-    constexpr float offset = TYPE == GGML_TYPE_Q4_0 ? 8.0f : TYPE == GGML_TYPE_Q5_0 ? 16.0f : 128.0f;
-    RWKV_UNROLL
-    for (int tt = 0; tt < TT; ++tt) acc[tt] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nb; ++b) {
-        if constexpr (!eight_bit) {
-            prefetch_block<has_m, has_qh>(grp, L, b + PREFETCH_BLOCKS);
-        }
-        __m512i w[8];
-        unpack_lanes<TYPE>(grp, L, b, w);
-        const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(grp + L.d + b * 32)));
-        __m512 m = _mm512_setzero_ps();
-        if constexpr (has_m) {
-            m = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(grp + L.m + b * 32)));
-        }
-        RWKV_UNROLL
-        for (int tt = 0; tt < TT; ++tt) {
-            const int8_t * xq = x[tt].q + b * PACK_BLOCK;
-            __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
-            RWKV_UNROLL
-            for (int t = 0; t < 8; t += 2) {
-                s0 = _mm512_dpbusd_epi32(s0, w[t], xlane(xq, t));
-                s1 = _mm512_dpbusd_epi32(s1, w[t + 1], xlane(xq, t + 1));
-            }
-            const __m512 dot = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
-            const __m512 dx = _mm512_set1_ps(x[tt].dx[b]);
-            if constexpr (has_m) {
-                acc[tt] = _mm512_fmadd_ps(d, _mm512_mul_ps(dot, dx), acc[tt]);
-                acc[tt] = _mm512_fmadd_ps(m, _mm512_set1_ps(x[tt].sx[b]), acc[tt]);
-            } else {
-                const __m512 corr = _mm512_set1_ps(-offset * x[tt].sx[b]);
-                acc[tt] = _mm512_fmadd_ps(d, _mm512_fmadd_ps(dot, dx, corr), acc[tt]);
-            }
-        }
-    }
-}
-
-// TT float columns times one F16 group ([K][16] halves).  Every column sums
-// in the same U chains whatever TT is, so a column's result does not depend
-// on how the columns were tiled (sequence mode = token-by-token mode).
-template <int TT>
-RWKV_AVX512 void f16_group(const uint8_t * grp, int64_t K, const float * const * x, __m512 * acc) {
-    constexpr int U = 4;  // independent FMA chains per column (K % 32 == 0)
-    __m512 a[TT][U];
-    RWKV_UNROLL
-    for (int tt = 0; tt < TT; ++tt)
-        RWKV_UNROLL
-        for (int u = 0; u < U; ++u) a[tt][u] = _mm512_setzero_ps();
-    for (int64_t k = 0; k < K; k += U) {
-        RWKV_UNROLL
-        for (int u = 0; u < U; ++u) {
-            const __m512 w = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i *>(grp + (k + u) * 32)));
-            RWKV_UNROLL
-            for (int tt = 0; tt < TT; ++tt) a[tt][u] = _mm512_fmadd_ps(w, _mm512_set1_ps(x[tt][k + u]), a[tt][u]);
-        }
-    }
-    RWKV_UNROLL
-    for (int tt = 0; tt < TT; ++tt) {
-        acc[tt] = _mm512_add_ps(_mm512_add_ps(a[tt][0], a[tt][1]), _mm512_add_ps(a[tt][2], a[tt][3]));
-    }
-}
-
-RWKV_AVX512 void store_rows(float * y, const __m512 & v, int n) {
-    _mm512_mask_storeu_ps(y, static_cast<__mmask16>((1u << n) - 1u), v);
-}
-
-// Columns [t0, t0 + TT) times groups [g0, g1).
-template <ggml_type TYPE, int TT>
-RWKV_AVX512 void quant_tile(const PackedMatrix & w, const uint8_t * x, int64_t t0, float * y, int64_t y_stride,
-                            int64_t g0, int64_t g1) {
-    const size_t col_bytes = quantized_column_bytes(w.cols());
-    QColumn cols[TT];
-    for (int tt = 0; tt < TT; ++tt) cols[tt] = qcolumn(x + (t0 + tt) * col_bytes, w.cols());
-    const int64_t nb = w.cols() / PACK_BLOCK;
-    for (int64_t g = g0; g < g1; ++g) {
-        __m512 acc[TT];
-        quant_group<TYPE, TT>(w.group(g), w.layout(), nb, cols, acc);
-        const int n = static_cast<int>(std::min<int64_t>(PACK_ROWS, w.rows() - g * PACK_ROWS));
-        for (int tt = 0; tt < TT; ++tt) store_rows(y + (t0 + tt) * y_stride + g * PACK_ROWS, acc[tt], n);
-    }
-}
-
-template <int TT>
-RWKV_AVX512 void f16_tile(const PackedMatrix & w, const float * x, int64_t t0, float * y, int64_t y_stride,
-                          int64_t g0, int64_t g1) {
-    const float * cols[TT];
-    for (int tt = 0; tt < TT; ++tt) cols[tt] = x + (t0 + tt) * w.cols();
-    for (int64_t g = g0; g < g1; ++g) {
-        __m512 acc[TT];
-        f16_group<TT>(w.group(g), w.cols(), cols, acc);
-        const int n = static_cast<int>(std::min<int64_t>(PACK_ROWS, w.rows() - g * PACK_ROWS));
-        for (int tt = 0; tt < TT; ++tt) store_rows(y + (t0 + tt) * y_stride + g * PACK_ROWS, acc[tt], n);
-    }
-}
-
-// All columns in tiles of 4, the rest in smaller tiles.
-template <ggml_type TYPE>
-void quant_multiply(const PackedMatrix & w, const uint8_t * x, int64_t T, float * y, int64_t y_stride, int64_t g0,
-                    int64_t g1) {
-    int64_t t = 0;
-    for (; t + 4 <= T; t += 4) quant_tile<TYPE, 4>(w, x, t, y, y_stride, g0, g1);
-    if (t + 2 <= T) {
-        quant_tile<TYPE, 2>(w, x, t, y, y_stride, g0, g1);
-        t += 2;
-    }
-    if (t < T) quant_tile<TYPE, 1>(w, x, t, y, y_stride, g0, g1);
-}
-
-void f16_multiply(const PackedMatrix & w, const float * x, int64_t T, float * y, int64_t y_stride, int64_t g0,
-                  int64_t g1) {
-    int64_t t = 0;
-    for (; t + 4 <= T; t += 4) f16_tile<4>(w, x, t, y, y_stride, g0, g1);
-    if (t + 2 <= T) {
-        f16_tile<2>(w, x, t, y, y_stride, g0, g1);
-        t += 2;
-    }
-    if (t < T) f16_tile<1>(w, x, t, y, y_stride, g0, g1);
-}
-
-#endif  // RWKV_HAVE_X86
-
-bool cpu_has_packed_features() {
-#if RWKV_HAVE_X86
+// The best instruction set of this CPU for the packed kernels.
+PackedIsa cpu_packed_isa() {
+#if defined(__x86_64__) && defined(__GNUC__)
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
-           __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma");
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    if (avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni")) {
+        return PackedIsa::AVX512_VNNI;
+    }
+    return avx2 ? PackedIsa::AVX2 : PackedIsa::NONE;
 #else
-    return false;
+    return PackedIsa::NONE;
 #endif
+}
+
+// RWKV_CPP_PACKED_ISA=avx2 (or none) caps the instruction set, to compare
+// kernels on one machine; it never raises it above what the CPU has.
+PackedIsa capped_by_environment(PackedIsa isa) {
+    const char * cap = std::getenv("RWKV_CPP_PACKED_ISA");
+    if (cap == nullptr) return isa;
+    if (std::strcmp(cap, "none") == 0) return PackedIsa::NONE;
+    if (std::strcmp(cap, "avx2") == 0) return std::min(isa, PackedIsa::AVX2);
+    return isa;
 }
 
 uint32_t load_u32(const uint8_t * p) {
@@ -383,9 +164,22 @@ uint8_t * allocate(size_t bytes) {
 
 }  // namespace
 
-bool packed_kernels_available() {
-    static const bool available = cpu_has_packed_features();
-    return available;
+PackedIsa packed_isa() {
+    static const PackedIsa isa = capped_by_environment(cpu_packed_isa());
+    return isa;
+}
+
+bool cpu_runs(PackedIsa isa) { return isa <= cpu_packed_isa(); }
+
+bool packed_kernels_available() { return packed_isa() != PackedIsa::NONE; }
+
+const char * packed_isa_name(PackedIsa isa) {
+    switch (isa) {
+        case PackedIsa::AVX512_VNNI: return "AVX-512 VNNI";
+        case PackedIsa::AVX2: return "AVX2";
+        case PackedIsa::NONE: break;
+    }
+    return "none";
 }
 
 bool packable(ggml_type type, int64_t n_cols) {
@@ -529,20 +323,13 @@ void PackedMatrix::multiply_ref(const void * x, int64_t T, float * y, int64_t y_
     }
 }
 
-void PackedMatrix::multiply(const void * x, int64_t T, float * y, int64_t y_stride, int64_t g0, int64_t g1) const {
-#if RWKV_HAVE_X86
-    const uint8_t * xq = static_cast<const uint8_t *>(x);
-    switch (type_) {
-        case GGML_TYPE_F16: f16_multiply(*this, static_cast<const float *>(x), T, y, y_stride, g0, g1); return;
-        case GGML_TYPE_Q4_0: quant_multiply<GGML_TYPE_Q4_0>(*this, xq, T, y, y_stride, g0, g1); return;
-        case GGML_TYPE_Q4_1: quant_multiply<GGML_TYPE_Q4_1>(*this, xq, T, y, y_stride, g0, g1); return;
-        case GGML_TYPE_Q5_0: quant_multiply<GGML_TYPE_Q5_0>(*this, xq, T, y, y_stride, g0, g1); return;
-        case GGML_TYPE_Q5_1: quant_multiply<GGML_TYPE_Q5_1>(*this, xq, T, y, y_stride, g0, g1); return;
-        case GGML_TYPE_Q8_0: quant_multiply<GGML_TYPE_Q8_0>(*this, xq, T, y, y_stride, g0, g1); return;
-        default: break;
+void PackedMatrix::multiply(PackedIsa isa, const void * x, int64_t T, float * y, int64_t y_stride, int64_t g0,
+                            int64_t g1) const {
+    switch (isa) {
+        case PackedIsa::AVX512_VNNI: packed::multiply_avx512(*this, x, T, y, y_stride, g0, g1); return;
+        case PackedIsa::AVX2: packed::multiply_avx2(*this, x, T, y, y_stride, g0, g1); return;
+        case PackedIsa::NONE: multiply_ref(x, T, y, y_stride, g0, g1); return;
     }
-#endif
-    multiply_ref(x, T, y, y_stride, g0, g1);
 }
 
 size_t quantized_column_bytes(int64_t n_cols) {
@@ -550,7 +337,7 @@ size_t quantized_column_bytes(int64_t n_cols) {
 }
 
 void quantize_blocks(const float * x, int64_t x_stride, int64_t n_cols, int64_t i0, int64_t i1, uint8_t * out,
-                     bool simd) {
+                     PackedIsa isa) {
     const int64_t nb = n_cols / PACK_BLOCK;
     const size_t col_bytes = quantized_column_bytes(n_cols);
     for (int64_t i = i0; i < i1; ++i) {
@@ -559,13 +346,11 @@ void quantize_blocks(const float * x, int64_t x_stride, int64_t n_cols, int64_t 
         float * dx = reinterpret_cast<float *>(col + n_cols);
         const float * src = x + t * x_stride + b * PACK_BLOCK;
         int8_t * q = reinterpret_cast<int8_t *>(col) + b * PACK_BLOCK;
-#if RWKV_HAVE_X86
-        if (simd) {
-            quantize_block_avx512(src, q, dx + b, dx + nb + b);
-            continue;
+        switch (isa) {
+            case PackedIsa::AVX512_VNNI: packed::quantize_block_avx512(src, q, dx + b, dx + nb + b); break;
+            case PackedIsa::AVX2: packed::quantize_block_avx2(src, q, dx + b, dx + nb + b); break;
+            case PackedIsa::NONE: quantize_block_ref(src, q, dx + b, dx + nb + b); break;
         }
-#endif
-        quantize_block_ref(src, q, dx + b, dx + nb + b);
     }
 }
 
@@ -584,7 +369,7 @@ void quantize_compute(ggml_tensor * dst, int ith, int nth, void *) {
     int64_t i0, i1;
     split_range(T * (K / PACK_BLOCK), ith, nth, i0, i1);
     quantize_blocks(static_cast<const float *>(x->data), x->nb[1] / sizeof(float), K, i0, i1,
-                    static_cast<uint8_t *>(dst->data), packed_kernels_available());
+                    static_cast<uint8_t *>(dst->data), packed_isa());
 }
 
 // dst f32 [N, T]; src 0: the quantized x (or x itself for F16).
@@ -593,7 +378,8 @@ void packed_compute(ggml_tensor * dst, int ith, int nth, void * userdata) {
     int64_t g0, g1;
     split_range(w.groups(), ith, nth, g0, g1);
     if (g0 < g1) {
-        w.multiply(dst->src[0]->data, dst->ne[1], static_cast<float *>(dst->data), dst->nb[1] / sizeof(float), g0, g1);
+        w.multiply(packed_isa(), dst->src[0]->data, dst->ne[1], static_cast<float *>(dst->data),
+                   dst->nb[1] / sizeof(float), g0, g1);
     }
 }
 

@@ -1,5 +1,6 @@
 // Packed matrices: our own weight layout and matrix kernels for decode and
-// prefill on CPUs with AVX-512 VNNI.
+// prefill on x86-64 CPUs with AVX-512 VNNI (rwkv_packed_avx512.cpp) or AVX2
+// (rwkv_packed_avx2.cpp: the same layout in 256-bit halves).
 //
 // ggml's matrix-vector kernels for 4/5-bit blocks run at about half the
 // memory speed on 2 cores: each 32-weight block is unpacked, multiplied and
@@ -38,9 +39,17 @@ namespace rwkv {
 constexpr int PACK_ROWS = 16;
 constexpr int PACK_BLOCK = 32;
 
-// Whether this CPU runs the packed kernels (AVX-512 F/BW/VL/VNNI and F16C,
-// checked at run time; the library itself is built for the generic x86-64).
-bool packed_kernels_available();
+// Instruction sets of the packed kernels, in increasing order.
+enum class PackedIsa { NONE, AVX2, AVX512_VNNI };
+
+// The kernels this process uses: the best the CPU has (checked at run time;
+// the library itself is built for generic x86-64), capped by the variable
+// RWKV_CPP_PACKED_ISA=avx2|none if set.  NONE: matrices stay with ggml.
+PackedIsa packed_isa();
+bool packed_kernels_available();  // packed_isa() != NONE
+// Whether this CPU can run the kernels of isa (whatever the cap).
+bool cpu_runs(PackedIsa isa);
+const char * packed_isa_name(PackedIsa isa);
 
 // Whether a matrix of this type and shape can be packed.
 bool packable(ggml_type type, int64_t n_cols);
@@ -75,14 +84,15 @@ public:
     int64_t cols() const { return n_cols_; }
     int64_t groups() const { return n_groups_; }
     size_t bytes() const { return n_groups_ * group_bytes_; }
-    // Whether the kernel takes a quantized activation (quantize_columns).
+    // Whether the kernel takes a quantized activation (quantize_blocks).
     bool quantized() const { return type_ != GGML_TYPE_F16; }
 
-    // y[:, t] = W @ x[:, t] for t < T, rows of groups [g0, g1): the AVX-512
-    // kernel (packed_kernels_available() must be true) and the naive
-    // reference of the same maths.  x: quantized columns (quantize_columns)
-    // for quantized types, floats for F16; y: [T][y_stride] floats.
-    void multiply(const void * x, int64_t T, float * y, int64_t y_stride, int64_t g0, int64_t g1) const;
+    // y[:, t] = W @ x[:, t] for t < T, rows of groups [g0, g1), with the
+    // kernels of isa (cpu_runs(isa) must hold; NONE = multiply_ref) and the
+    // naive reference of the same maths.  x: quantized columns
+    // (quantize_blocks) for quantized types, floats for F16; y: [T][y_stride].
+    void multiply(PackedIsa isa, const void * x, int64_t T, float * y, int64_t y_stride, int64_t g0,
+                  int64_t g1) const;
     void multiply_ref(const void * x, int64_t T, float * y, int64_t y_stride, int64_t g0, int64_t g1) const;
 
     // Region offsets inside one group (bytes), for the kernels.
@@ -108,10 +118,10 @@ size_t quantized_column_bytes(int64_t n_cols);
 
 // Quantizes the activation blocks [i0, i1) of x ([T][x_stride] floats, n_cols
 // used; block i is block i % (n_cols/32) of column i / (n_cols/32)) into out
-// ([T][quantized_column_bytes] bytes).  simd: the AVX-512 path (only when
-// packed_kernels_available()), else the naive reference; both round alike.
+// ([T][quantized_column_bytes] bytes), with the kernels of isa (NONE: the
+// naive reference); every path gives the same bytes.
 void quantize_blocks(const float * x, int64_t x_stride, int64_t n_cols, int64_t i0, int64_t i1, uint8_t * out,
-                     bool simd);
+                     PackedIsa isa);
 
 // Graph node: y = W @ x for x [K, T] f32 (columns contiguous); W must outlive
 // the graph.  Quantized types add a node that quantizes x first (split over

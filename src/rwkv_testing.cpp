@@ -32,26 +32,44 @@ rwkv_status multiply_ggml(ggml_type type, const std::vector<uint8_t> & q, int64_
     return st == GGML_STATUS_SUCCESS ? RWKV_STATUS_OK : RWKV_STATUS_ERROR_COMPUTE;
 }
 
+// The packed kernels of a test kernel set (GGML has none).
+bool packed_isa_of(int kernels, PackedIsa & isa) {
+    switch (kernels) {
+        case RWKV_TESTING_REFERENCE: isa = PackedIsa::NONE; return true;
+        case RWKV_TESTING_AVX2: isa = PackedIsa::AVX2; return cpu_runs(isa);
+        case RWKV_TESTING_AVX512: isa = PackedIsa::AVX512_VNNI; return cpu_runs(isa);
+        default: return false;
+    }
+}
+
 }  // namespace
 
 extern "C" {
 
+int rwkv_testing_cpu_runs(int kernels) {
+    PackedIsa isa;
+    return kernels == RWKV_TESTING_GGML || packed_isa_of(kernels, isa) ? 1 : 0;
+}
+
 size_t rwkv_testing_quantized_column_bytes(int64_t cols) { return quantized_column_bytes(cols); }
 
-rwkv_status rwkv_testing_quantize_activation(const float * x, int64_t cols, int64_t n_tokens, int simd, uint8_t * out) {
+rwkv_status rwkv_testing_quantize_activation(const float * x, int64_t cols, int64_t n_tokens, int kernels,
+                                             uint8_t * out) {
+    PackedIsa isa;
     if (x == nullptr || out == nullptr || cols <= 0 || cols % PACK_BLOCK != 0 || n_tokens <= 0 ||
-        (simd && !packed_kernels_available())) {
+        !packed_isa_of(kernels, isa)) {
         return RWKV_STATUS_ERROR_INVALID_ARGUMENT;
     }
-    quantize_blocks(x, cols, cols, 0, n_tokens * (cols / PACK_BLOCK), out, simd != 0);
+    quantize_blocks(x, cols, cols, 0, n_tokens * (cols / PACK_BLOCK), out, isa);
     return RWKV_STATUS_OK;
 }
 
 rwkv_status rwkv_testing_packed_matmul(int ggml_type_id, const float * w, int64_t rows, int64_t cols, const float * x,
                                        int64_t n_tokens, int mode, float * y, float * w_dequant) {
     const ggml_type type = static_cast<ggml_type>(ggml_type_id);
-    if (w == nullptr || x == nullptr || y == nullptr || rows <= 0 || n_tokens <= 0 || mode < 0 || mode > 2 ||
-        !packable(type, cols) || (mode == 0 && !packed_kernels_available())) {
+    PackedIsa isa = PackedIsa::NONE;
+    if (w == nullptr || x == nullptr || y == nullptr || rows <= 0 || n_tokens <= 0 || !packable(type, cols) ||
+        (mode != RWKV_TESTING_GGML && !packed_isa_of(mode, isa))) {
         return RWKV_STATUS_ERROR_INVALID_ARGUMENT;
     }
     try {
@@ -60,7 +78,7 @@ rwkv_status rwkv_testing_packed_matmul(int ggml_type_id, const float * w, int64_
         if (w_dequant != nullptr) {
             ggml_get_type_traits(type)->to_float(q.data(), w_dequant, rows * cols);
         }
-        if (mode == 2) {
+        if (mode == RWKV_TESTING_GGML) {
             return multiply_ggml(type, q, rows, cols, x, n_tokens, y);
         }
         const PackedMatrix pm(type, rows, cols, q.data());
@@ -68,14 +86,10 @@ rwkv_status rwkv_testing_packed_matmul(int ggml_type_id, const float * w, int64_
         const void * xin = x;
         if (pm.quantized()) {
             xq.resize(quantized_column_bytes(cols) * n_tokens);
-            quantize_blocks(x, cols, cols, 0, n_tokens * (cols / PACK_BLOCK), xq.data(), mode == 0);
+            quantize_blocks(x, cols, cols, 0, n_tokens * (cols / PACK_BLOCK), xq.data(), isa);
             xin = xq.data();
         }
-        if (mode == 0) {
-            pm.multiply(xin, n_tokens, y, rows, 0, pm.groups());
-        } else {
-            pm.multiply_ref(xin, n_tokens, y, rows, 0, pm.groups());
-        }
+        pm.multiply(isa, xin, n_tokens, y, rows, 0, pm.groups());
         return RWKV_STATUS_OK;
     } catch (const Error & e) {
         return e.status();

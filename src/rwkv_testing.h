@@ -13,22 +13,31 @@
 extern "C" {
 #endif
 
+/* Kernel sets of the test hooks. */
+enum rwkv_testing_kernels {
+    RWKV_TESTING_REFERENCE = 0, /* the packed layout, naive C++ */
+    RWKV_TESTING_AVX2 = 1,      /* the packed layout, AVX2 kernels */
+    RWKV_TESTING_AVX512 = 2,    /* the packed layout, AVX-512 VNNI kernels */
+    RWKV_TESTING_GGML = 3       /* ggml's mul_mat on the ggml blocks */
+};
+
+/* 1 when this CPU can run that kernel set. */
+RWKV_API int rwkv_testing_cpu_runs(int kernels);
+
 /* Quantizes w ([rows][cols] floats) to ggml_type with ggml, then computes
- * y[t][r] = sum_k W[r][k] * x[t][k] for t < n_tokens with
- *   mode 0: the packed matrix and the AVX-512 kernels (activation included),
- *   mode 1: the packed matrix and the naive references,
- *   mode 2: ggml's own mul_mat on the ggml blocks.
- * w_dequant (may be NULL) receives ggml's dequantized W ([rows][cols]). */
+ * y[t][r] = sum_k W[r][k] * x[t][k] for t < n_tokens with the kernel set
+ * mode (the activation quantized by the same set).  w_dequant (may be NULL)
+ * receives ggml's dequantized W ([rows][cols]). */
 RWKV_API enum rwkv_status rwkv_testing_packed_matmul(int ggml_type, const float * w, int64_t rows, int64_t cols,
                                                      const float * x, int64_t n_tokens, int mode, float * y,
                                                      float * w_dequant);
 
 /* Quantizes n_tokens activation columns of cols floats (the packed kernels'
- * 8-bit activation) with the AVX-512 path (simd = 1) or the reference; out
- * receives n_tokens * rwkv_testing_quantized_column_bytes(cols) bytes. */
+ * 8-bit activation) with a kernel set other than GGML; out receives
+ * n_tokens * rwkv_testing_quantized_column_bytes(cols) bytes. */
 RWKV_API size_t rwkv_testing_quantized_column_bytes(int64_t cols);
-RWKV_API enum rwkv_status rwkv_testing_quantize_activation(const float * x, int64_t cols, int64_t n_tokens, int simd,
-                                                           uint8_t * out);
+RWKV_API enum rwkv_status rwkv_testing_quantize_activation(const float * x, int64_t cols, int64_t n_tokens,
+                                                           int kernels, uint8_t * out);
 
 #ifdef __cplusplus
 }

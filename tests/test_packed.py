@@ -1,6 +1,7 @@
-"""Packed matrices (src/rwkv_packed.*): the AVX-512 VNNI kernels against
-their naive reference, against ggml's mul_mat and against a float64 product,
-on awkward sizes; and whole models with and without packing."""
+"""Packed matrices (src/rwkv_packed*): the AVX-512 VNNI and AVX2 kernels
+against their naive reference, the reference against ggml's mul_mat and a
+float64 product, on awkward sizes; and whole models with and without
+packing."""
 
 import numpy as np
 import pytest
@@ -16,19 +17,24 @@ _ffi.cdef(
     """
     int rwkv_testing_packed_matmul(int ggml_type, const float * w, int64_t rows, int64_t cols,
                                    const float * x, int64_t n_tokens, int mode, float * y, float * w_dequant);
+    int rwkv_testing_cpu_runs(int kernels);
     size_t rwkv_testing_quantized_column_bytes(int64_t cols);
-    int rwkv_testing_quantize_activation(const float * x, int64_t cols, int64_t n_tokens, int simd, uint8_t * out);
+    int rwkv_testing_quantize_activation(const float * x, int64_t cols, int64_t n_tokens, int kernels, uint8_t * out);
     """
 )
 _lib = _ffi.dlopen(_library_path())
 
 # ggml_type ids (ggml.h)
 GGML_TYPES = {"F16": 1, "Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8}
-SIMD, REFERENCE, GGML = 0, 1, 2
+REFERENCE, AVX2, AVX512, GGML = 0, 1, 2, 3  # enum rwkv_testing_kernels
 
-needs_simd = pytest.mark.skipif(
-    not rwkv_cpp.packed_kernels_available(), reason="this CPU lacks AVX-512 VNNI: the packed kernels are not used"
-)
+
+def _simd(name, kernels):
+    return pytest.param(kernels, id=name, marks=pytest.mark.skipif(
+        not _lib.rwkv_testing_cpu_runs(kernels), reason="this CPU cannot run the %s kernels" % name))
+
+
+SIMD_SETS = [_simd("avx2", AVX2), _simd("avx512", AVX512)]
 
 # rows: under, at and over one 16-row group; cols: one block and more;
 # tokens: every tile remainder (tiles of 4, then 2, then 1).
@@ -78,38 +84,38 @@ def test_reference_against_float64_and_ggml(kind, rows, cols, tokens):
     assert _nmse(_matmul(kind, w, x, GGML), y_ref) <= (1e-6 if kind == "F16" else 1e-4)
 
 
-@needs_simd
+@pytest.mark.parametrize("simd", SIMD_SETS)
 @pytest.mark.parametrize("kind", list(GGML_TYPES))
 @pytest.mark.parametrize("rows,cols,tokens", SHAPES)
-def test_simd_kernel_against_reference(kind, rows, cols, tokens):
+def test_simd_kernel_against_reference(simd, kind, rows, cols, tokens):
     w, x = _case(rows, cols, tokens, seed=rows + cols * 7 + tokens)
-    y_simd = _matmul(kind, w, x, SIMD)
+    y_simd = _matmul(kind, w, x, simd)
     y_ref = _matmul(kind, w, x, REFERENCE)
     # same integers and scales; only the float summation order differs
     scale = float(np.abs(y_ref).max())
     assert float(np.abs(y_simd - y_ref).max()) <= 2e-6 * scale * np.sqrt(cols / 32)
 
 
-@needs_simd
+@pytest.mark.parametrize("simd", SIMD_SETS)
 @pytest.mark.parametrize("kind", list(GGML_TYPES))
-def test_simd_columns_independent_of_tiling(kind):
+def test_simd_columns_independent_of_tiling(simd, kind):
     # a column's result must not depend on how many columns share its tile
     w, x = _case(40, 256, 7, seed=5)
-    together = _matmul(kind, w, x, SIMD)
-    alone = np.concatenate([_matmul(kind, w, x[t : t + 1], SIMD) for t in range(x.shape[0])])
+    together = _matmul(kind, w, x, simd)
+    alone = np.concatenate([_matmul(kind, w, x[t : t + 1], simd) for t in range(x.shape[0])])
     assert np.array_equal(together, alone)
 
 
-@needs_simd
-def test_simd_activation_quantization_equals_reference():
+@pytest.mark.parametrize("simd", SIMD_SETS)
+def test_simd_activation_quantization_equals_reference(simd):
     cols, tokens = 96, 5
     x = np.random.default_rng(1).standard_normal((tokens, cols)).astype(np.float32) * 3
     x[2, 32:64] = 0.0  # an all-zero block
     x[3, 0] = 1e-30
     n = _lib.rwkv_testing_quantized_column_bytes(cols) * tokens
     out = [np.zeros(n, np.uint8) for _ in range(2)]
-    for simd, o in zip((1, 0), out):
-        assert _lib.rwkv_testing_quantize_activation(_ptr(x), cols, tokens, simd, _ptr(o, "uint8_t *")) == 0
+    for kernels, o in zip((simd, REFERENCE), out):
+        assert _lib.rwkv_testing_quantize_activation(_ptr(x), cols, tokens, kernels, _ptr(o, "uint8_t *")) == 0
     assert np.array_equal(out[0], out[1])
 
 
@@ -119,6 +125,8 @@ def test_bad_arguments_are_refused():
     assert _lib.rwkv_testing_packed_matmul(GGML_TYPES["Q8_0"], _ptr(w), 4, 48, _ptr(x), 1, REFERENCE, _ptr(y),
                                            _ffi.NULL) != 0
     assert _lib.rwkv_testing_packed_matmul(0, _ptr(w), 4, 48, _ptr(x), 1, REFERENCE, _ptr(y), _ffi.NULL) != 0
+    w, x = _case(4, 64, 1, seed=0)
+    assert _lib.rwkv_testing_packed_matmul(GGML_TYPES["Q8_0"], _ptr(w), 4, 64, _ptr(x), 1, 7, _ptr(y), _ffi.NULL) != 0
 
 
 # ---- whole models ---------------------------------------------------------
@@ -170,3 +178,44 @@ def test_packed_sequence_equals_token_by_token(tmp_path, fp32_file, tokens, kind
             logits, state = m.eval(int(t), state)
     assert np.array_equal(seq_logits, logits)
     assert np.array_equal(seq_state, state)
+
+
+_AVX2_SCRIPT = r"""
+import sys
+import numpy as np
+import rwkv_cpp
+path, tokens = sys.argv[1], np.array([int(t) for t in sys.argv[2].split(",")], np.uint32)
+assert rwkv_cpp.packed_kernels_name() == "AVX2", rwkv_cpp.packed_kernels_name()
+runs = {}
+for repack in (False, True):
+    with rwkv_cpp.Model(path, n_threads=2, repack=repack) as m:
+        seq = m.eval_sequence(tokens, all_logits=True)
+        state = None
+        for t in tokens:
+            logits, state = m.eval(int(t), state)
+        runs[repack] = (seq, logits, state)
+(l0, s0), _, _ = runs[False]
+(l1, s1), logits, state = runs[True]
+nmse = lambda a, r: float(((a.astype(np.float64) - r) ** 2).sum() / (r.astype(np.float64) ** 2).sum())
+print("RESULT", nmse(l1, l0), nmse(s1, s0), bool(np.array_equal(l1[-1], logits)), bool(np.array_equal(s1, state)))
+"""
+
+
+@pytest.mark.skipif(not _lib.rwkv_testing_cpu_runs(AVX2), reason="this CPU cannot run the avx2 kernels")
+@pytest.mark.parametrize("kind", ["FP16", "Q8_0", "Q5_1", "Q4_0"])
+def test_avx2_kernels_in_a_model(tmp_path, fp32_file, tokens, kind):
+    # RWKV_CPP_PACKED_ISA=avx2 makes a process use the AVX2 kernels (it is
+    # read once per process, hence the subprocess)
+    import os
+    import subprocess
+    import sys
+
+    path = _model_file(tmp_path, fp32_file, kind)
+    env = dict(os.environ, RWKV_CPP_PACKED_ISA="avx2")
+    res = subprocess.run([sys.executable, "-c", _AVX2_SCRIPT, path, ",".join(str(int(t)) for t in tokens)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    nmse_logits, nmse_state, seq_equal_logits, seq_equal_state = res.stdout.split("RESULT")[1].split()
+    assert float(nmse_logits) <= (1e-6 if kind == "FP16" else 1e-4)
+    assert float(nmse_state) <= (1e-6 if kind == "FP16" else 1e-4)
+    assert seq_equal_logits == "True" and seq_equal_state == "True"

@@ -14,13 +14,14 @@ from .errors import (
     RWKVError,
     UnsupportedModelError,
 )
-from .model import Model, packed_kernels_available
+from .model import Model, packed_kernels_available, packed_kernels_name
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Model",
     "packed_kernels_available",
+    "packed_kernels_name",
     "RWKVError",
     "InvalidArgumentError",
     "ModelIOError",

@@ -65,6 +65,9 @@ const char * rwkv_type_str(enum rwkv_type type);
 struct rwkv_model_params rwkv_model_default_params(void);
 
 bool rwkv_packed_kernels_available(void);
+
+const char * rwkv_packed_kernels_name(void);
+
 struct rwkv_context_params rwkv_context_default_params(void);
 
 enum rwkv_status rwkv_model_load(

@@ -66,7 +66,7 @@ def _ptr(array, ctype="float *"):
 class Model:
     """An RWKV model loaded from a GGUF file, with one evaluation context.
 
-    The weights are memory-mapped.  On CPUs with AVX-512 VNNI the F16 and
+    The weights are memory-mapped.  On CPUs with AVX-512 VNNI or AVX2 the F16 and
     quantized matrices are re-laid out at load for the library's own kernels
     (``repack=True``, the default; ``repack=False`` keeps ggml's kernels and
     the file's pages).  The state is an explicit float32 array owned by the
@@ -290,9 +290,14 @@ class Model:
 
 
 def packed_kernels_available():
-    """Whether this CPU runs the library's own AVX-512 VNNI matrix kernels
-    (the ones ``Model(repack=True)`` lays the weights out for)."""
+    """Whether this CPU runs the library's own matrix kernels (AVX-512 VNNI
+    or AVX2), the ones ``Model(repack=True)`` lays the weights out for."""
     return bool(lib.rwkv_packed_kernels_available())
+
+
+def packed_kernels_name():
+    """The instruction set of those kernels: "AVX-512 VNNI", "AVX2" or "none"."""
+    return ffi.string(lib.rwkv_packed_kernels_name()).decode()
 
 
 def _thread_count(n_threads):

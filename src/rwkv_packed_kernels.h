@@ -1,0 +1,74 @@
+// The per-instruction-set kernels of the packed matrices (rwkv_packed.h).
+// Each kernel file is compiled for generic x86-64 and marks its functions
+// with a target attribute (never per-file -m flags: inline functions of
+// shared headers compiled with them could be linked into generic code), so
+// one library runs on every CPU and picks its kernels at run time.
+#pragma once
+
+#include "rwkv_packed.h"
+
+#include <cstdint>
+#include <cstring>
+
+namespace rwkv {
+namespace packed {
+
+// What a block type stores, in the terms of rwkv_packed.h: a weight is
+// d*q + m (has_m) or d*(q - offset).
+template <ggml_type TYPE>
+struct BlockTraits {
+    static constexpr bool has_m = TYPE == GGML_TYPE_Q4_1 || TYPE == GGML_TYPE_Q5_1;
+    static constexpr bool has_qh = TYPE == GGML_TYPE_Q5_0 || TYPE == GGML_TYPE_Q5_1;
+    static constexpr bool eight_bit = TYPE == GGML_TYPE_Q8_0;
+    static constexpr float offset = TYPE == GGML_TYPE_Q4_0   ? 8.0f
+                                    : TYPE == GGML_TYPE_Q5_0 ? 16.0f
+                                    : TYPE == GGML_TYPE_Q8_0 ? 128.0f
+                                                             : 0.0f;
+};
+
+// Software prefetch distance of the quantized kernels: this many bytes of
+// quants ahead (16 blocks of Q4/Q5, 8 of Q8_0).  Decode streams hundreds of
+// short weight runs per token, and at the start of each the hardware
+// prefetcher is still learning; measured in rwkv_packed_avx512.cpp.
+constexpr int64_t PREFETCH_QUANT_BYTES = 4096;
+
+template <ggml_type TYPE>
+constexpr int64_t prefetch_blocks() {
+    return PREFETCH_QUANT_BYTES / (BlockTraits<TYPE>::eight_bit ? 512 : 256);
+}
+
+// Pointers into one quantized activation column (quantize_blocks).
+struct QColumn {
+    const int8_t * q;
+    const float * dx;
+    const float * sx;
+};
+
+inline QColumn qcolumn(const uint8_t * base, int64_t n_cols) {
+    const int64_t nb = n_cols / PACK_BLOCK;
+    const float * dx = reinterpret_cast<const float *>(base + n_cols);
+    return {reinterpret_cast<const int8_t *>(base), dx, dx + nb};
+}
+
+// The four activation bytes of lane t (columns 4t..4t+3 of a block) as one
+// 32-bit word, for broadcasting.
+inline int32_t lane_word(const int8_t * xq, int t) {
+    int32_t v;
+    std::memcpy(&v, xq + 4 * t, 4);
+    return v;
+}
+
+// y = W @ x for columns [0, T) and row groups [g0, g1), as
+// PackedMatrix::multiply; only call when the CPU has the instruction set.
+void multiply_avx512(const PackedMatrix & w, const void * x, int64_t T, float * y, int64_t y_stride, int64_t g0,
+                     int64_t g1);
+void multiply_avx2(const PackedMatrix & w, const void * x, int64_t T, float * y, int64_t y_stride, int64_t g0,
+                   int64_t g1);
+
+// One activation block of 32 values, byte-identical to the reference
+// (quantize_blocks).
+void quantize_block_avx512(const float * x, int8_t * q, float * dx, float * sx);
+void quantize_block_avx2(const float * x, int8_t * q, float * dx, float * sx);
+
+}  // namespace packed
+}  // namespace rwkv
