@@ -255,11 +255,11 @@ def main():
                 pct = statistics.median(100 * nbytes / (r["bandwidth"] * 1e9) * 1e3 / r["decode_ms"] for r in rs)
                 p128 = statistics.median(r.get("prefill_128", 0) for r in rs)
                 summary[k] = (statistics.median(dec), p128)
-                print("| %s | %s | %s | %.0f | %s | %.2f (%.2f-%.2f) | %.1f | %.2f | %.0f%% | %.0f | %.0f | %.0f | %.3f |"
+                p512 = ("%.0f" % statistics.median(r["prefill_512"] for r in rs)) if "prefill_512" in rs[0] else "-"
+                print("| %s | %s | %s | %.0f | %s | %.2f (%.2f-%.2f) | %.1f | %.2f | %.0f%% | %.0f | %s | %.0f | %.3f |"
                       % (name, t, k, files[t].stat().st_size / 2**20,
                          "%.1e" % kl(ref, rs[0]["check_logits"]) if ref is not None else "-",
-                         statistics.median(dec), min(dec), max(dec), bw, nbytes / (bw * 1e9) * 1e3, pct, p128,
-                         statistics.median(r.get("prefill_512", 0) for r in rs),
+                         statistics.median(dec), min(dec), max(dec), bw, nbytes / (bw * 1e9) * 1e3, pct, p128, p512,
                          max(r["rss_mib"] for r in rs), statistics.median(r["load_s"] for r in rs)), flush=True)
             if "packed" in summary and "ggml" in summary:
                 ratios.append((name, t, summary["ggml"][0] / summary["packed"][0],
