@@ -130,27 +130,6 @@ RWKV_AVX2 inline __m256i dot_lanes(const __m256i * w, const int8_t * xq) {
 // Software prefetch as in the AVX-512 kernels (which see).  Here it is what
 // makes the kernels beat ggml's for decode (430M, 2 threads, this machine:
 // Q8_0 14.8 -> 10.7 ms/token against ggml's 13.3).
-#    define RWKV_PREFETCH_HELPER RWKV_AVX2 inline __attribute__((always_inline))
-
-RWKV_PREFETCH_HELPER void prefetch_line(const uint8_t * p) {
-    _mm_prefetch(reinterpret_cast<const char *>(p), _MM_HINT_T0);
-}
-
-// Block b of a group (reads past the group's end are harmless: prefetches
-// never fault).
-template <ggml_type TYPE>
-RWKV_PREFETCH_HELPER void prefetch_block(const uint8_t * grp, const PackedMatrix::Layout & L, int64_t b) {
-    using ti = BlockTraits<TYPE>;
-    constexpr int qs_lines = ti::eight_bit ? 8 : 4;
-    const uint8_t * qs = grp + L.qs + b * (64 * qs_lines);
-    RWKV_UNROLL
-    for (int i = 0; i < qs_lines; ++i) prefetch_line(qs + 64 * i);
-    if (b % 2 == 0) {  // 32-byte scales: one line per two blocks
-        prefetch_line(grp + L.d + b * 32);
-        if (ti::has_m) prefetch_line(grp + L.m + b * 32);
-    }
-    if (ti::has_qh) prefetch_line(grp + L.qh + b * 64);
-}
 
 // TT columns times one group, both halves per block (each cache line of the
 // block is read once); acc[h][tt] = 8 outputs of half h.
@@ -274,20 +253,20 @@ RWKV_AVX2 void f16_tile(const PackedMatrix & w, const float * x, int64_t t0, flo
 }
 
 // Columns in tiles of 2 (16 ymm registers), the last one alone.
-template <ggml_type TYPE>
-void quant_multiply(const PackedMatrix & w, const uint8_t * x, int64_t T, float * y, int64_t y_stride, int64_t g0,
-                    int64_t g1) {
-    int64_t t = 0;
-    for (; t + 2 <= T; t += 2) quant_tile<TYPE, 2>(w, x, t, y, y_stride, g0, g1);
-    if (t < T) quant_tile<TYPE, 1>(w, x, t, y, y_stride, g0, g1);
-}
+struct Kernels {
+    template <ggml_type TYPE>
+    static void quant(const PackedMatrix & w, const uint8_t * x, int64_t T, float * y, int64_t y_stride, int64_t g0,
+                      int64_t g1) {
+        for_each_tile<2>(0, T, [&](auto tt, int64_t t0) {
+            quant_tile<TYPE, decltype(tt)::value>(w, x, t0, y, y_stride, g0, g1);
+        });
+    }
 
-void f16_multiply(const PackedMatrix & w, const float * x, int64_t T, float * y, int64_t y_stride, int64_t g0,
-                  int64_t g1) {
-    int64_t t = 0;
-    for (; t + 2 <= T; t += 2) f16_tile<2>(w, x, t, y, y_stride, g0, g1);
-    if (t < T) f16_tile<1>(w, x, t, y, y_stride, g0, g1);
-}
+    static void f16(const PackedMatrix & w, const float * x, int64_t T, float * y, int64_t y_stride, int64_t g0,
+                    int64_t g1) {
+        for_each_tile<2>(0, T, [&](auto tt, int64_t t0) { f16_tile<decltype(tt)::value>(w, x, t0, y, y_stride, g0, g1); });
+    }
+};
 
 }  // namespace
 
@@ -295,16 +274,7 @@ void quantize_block_avx2(const float * x, int8_t * q, float * dx, float * sx) { 
 
 void multiply_avx2(const PackedMatrix & w, const void * x, int64_t T, float * y, int64_t y_stride, int64_t g0,
                    int64_t g1) {
-    const uint8_t * xq = static_cast<const uint8_t *>(x);
-    switch (w.type()) {
-        case GGML_TYPE_F16: f16_multiply(w, static_cast<const float *>(x), T, y, y_stride, g0, g1); return;
-        case GGML_TYPE_Q4_0: quant_multiply<GGML_TYPE_Q4_0>(w, xq, T, y, y_stride, g0, g1); return;
-        case GGML_TYPE_Q4_1: quant_multiply<GGML_TYPE_Q4_1>(w, xq, T, y, y_stride, g0, g1); return;
-        case GGML_TYPE_Q5_0: quant_multiply<GGML_TYPE_Q5_0>(w, xq, T, y, y_stride, g0, g1); return;
-        case GGML_TYPE_Q5_1: quant_multiply<GGML_TYPE_Q5_1>(w, xq, T, y, y_stride, g0, g1); return;
-        case GGML_TYPE_Q8_0: quant_multiply<GGML_TYPE_Q8_0>(w, xq, T, y, y_stride, g0, g1); return;
-        default: return;
-    }
+    multiply_by_type<Kernels>(w, x, T, y, y_stride, g0, g1);
 }
 
 }  // namespace packed

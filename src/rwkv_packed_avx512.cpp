@@ -63,36 +63,13 @@ RWKV_AVX512 inline void unpack_lanes(const uint8_t * grp, const PackedMatrix::La
     }
 }
 
-// Software prefetch (prefetch_blocks<TYPE>() ahead) measured side by side
-// (2 threads, 5 processes each): 430M Q4_0 10.5 -> 8.6 ms/token, Q5_1 11.5
-// -> 10.3, 1.5B Q4_0 33.3 -> 26.2; Q8_0 within the noise (11.1 vs 11.4).
-// F16 showed no gain and goes without.
+// Software prefetch (prefetch_block, prefetch_blocks<TYPE>() ahead)
+// measured side by side (2 threads, 5 processes each): 430M Q4_0 10.5 -> 8.6
+// ms/token, Q5_1 11.5 -> 10.3, 1.5B Q4_0 33.3 -> 26.2; Q8_0 within the noise
+// (11.1 vs 11.4).  F16 showed no gain and goes without.
 
 // Prefetch helpers must be inlined: GCC deems a function that only
 // prefetches free of side effects and deletes calls to it.
-#define RWKV_PREFETCH_HELPER RWKV_AVX512 inline __attribute__((always_inline))
-
-RWKV_PREFETCH_HELPER void prefetch_line(const uint8_t * p) {
-    _mm_prefetch(reinterpret_cast<const char *>(p), _MM_HINT_T0);
-}
-
-// Block b of a Q4/Q5 group (256 bytes of quants; reads past the group's end
-// are harmless: prefetches never fault).
-// Block b of a group (reads past the group's end are harmless: prefetches
-// never fault).
-template <ggml_type TYPE>
-RWKV_PREFETCH_HELPER void prefetch_block(const uint8_t * grp, const PackedMatrix::Layout & L, int64_t b) {
-    using ti = BlockTraits<TYPE>;
-    constexpr int qs_lines = ti::eight_bit ? 8 : 4;
-    const uint8_t * qs = grp + L.qs + b * (64 * qs_lines);
-    RWKV_UNROLL
-    for (int i = 0; i < qs_lines; ++i) prefetch_line(qs + 64 * i);
-    if (b % 2 == 0) {  // 32-byte scales: one line per two blocks
-        prefetch_line(grp + L.d + b * 32);
-        if (ti::has_m) prefetch_line(grp + L.m + b * 32);
-    }
-    if (ti::has_qh) prefetch_line(grp + L.qh + b * 64);
-}
 
 // TT activation columns times one group of 16 rows; acc[tt] = 16 outputs.
 template <ggml_type TYPE, int TT>
@@ -193,28 +170,20 @@ RWKV_AVX512 void f16_tile(const PackedMatrix & w, const float * x, int64_t t0, f
 }
 
 // All columns in tiles of 4, the rest in smaller tiles.
-template <ggml_type TYPE>
-void quant_multiply(const PackedMatrix & w, const uint8_t * x, int64_t T, float * y, int64_t y_stride, int64_t g0,
-                    int64_t g1) {
-    int64_t t = 0;
-    for (; t + 4 <= T; t += 4) quant_tile<TYPE, 4>(w, x, t, y, y_stride, g0, g1);
-    if (t + 2 <= T) {
-        quant_tile<TYPE, 2>(w, x, t, y, y_stride, g0, g1);
-        t += 2;
+struct Kernels {
+    template <ggml_type TYPE>
+    static void quant(const PackedMatrix & w, const uint8_t * x, int64_t T, float * y, int64_t y_stride, int64_t g0,
+                      int64_t g1) {
+        for_each_tile<4>(0, T, [&](auto tt, int64_t t0) {
+            quant_tile<TYPE, decltype(tt)::value>(w, x, t0, y, y_stride, g0, g1);
+        });
     }
-    if (t < T) quant_tile<TYPE, 1>(w, x, t, y, y_stride, g0, g1);
-}
 
-void f16_multiply(const PackedMatrix & w, const float * x, int64_t T, float * y, int64_t y_stride, int64_t g0,
-                  int64_t g1) {
-    int64_t t = 0;
-    for (; t + 4 <= T; t += 4) f16_tile<4>(w, x, t, y, y_stride, g0, g1);
-    if (t + 2 <= T) {
-        f16_tile<2>(w, x, t, y, y_stride, g0, g1);
-        t += 2;
+    static void f16(const PackedMatrix & w, const float * x, int64_t T, float * y, int64_t y_stride, int64_t g0,
+                    int64_t g1) {
+        for_each_tile<4>(0, T, [&](auto tt, int64_t t0) { f16_tile<decltype(tt)::value>(w, x, t0, y, y_stride, g0, g1); });
     }
-    if (t < T) f16_tile<1>(w, x, t, y, y_stride, g0, g1);
-}
+};
 
 }  // namespace
 
@@ -222,16 +191,7 @@ void quantize_block_avx512(const float * x, int8_t * q, float * dx, float * sx) 
 
 void multiply_avx512(const PackedMatrix & w, const void * x, int64_t T, float * y, int64_t y_stride, int64_t g0,
                      int64_t g1) {
-    const uint8_t * xq = static_cast<const uint8_t *>(x);
-    switch (w.type()) {
-        case GGML_TYPE_F16: f16_multiply(w, static_cast<const float *>(x), T, y, y_stride, g0, g1); return;
-        case GGML_TYPE_Q4_0: quant_multiply<GGML_TYPE_Q4_0>(w, xq, T, y, y_stride, g0, g1); return;
-        case GGML_TYPE_Q4_1: quant_multiply<GGML_TYPE_Q4_1>(w, xq, T, y, y_stride, g0, g1); return;
-        case GGML_TYPE_Q5_0: quant_multiply<GGML_TYPE_Q5_0>(w, xq, T, y, y_stride, g0, g1); return;
-        case GGML_TYPE_Q5_1: quant_multiply<GGML_TYPE_Q5_1>(w, xq, T, y, y_stride, g0, g1); return;
-        case GGML_TYPE_Q8_0: quant_multiply<GGML_TYPE_Q8_0>(w, xq, T, y, y_stride, g0, g1); return;
-        default: return;
-    }
+    multiply_by_type<Kernels>(w, x, T, y, y_stride, g0, g1);
 }
 
 }  // namespace packed

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 namespace rwkv {
 namespace packed {
@@ -37,6 +38,27 @@ constexpr int64_t prefetch_blocks() {
     return PREFETCH_QUANT_BYTES / (BlockTraits<TYPE>::eight_bit ? 512 : 256);
 }
 
+// Prefetch helpers must be inlined: GCC deems a function that only
+// prefetches free of side effects and deletes calls to it.
+#define RWKV_PREFETCH_HELPER inline __attribute__((always_inline))
+
+RWKV_PREFETCH_HELPER void prefetch_line(const uint8_t * p) { __builtin_prefetch(p, 0, 3); }
+
+// Block b of a packed group (reads past the group's end are harmless:
+// prefetches never fault).
+template <ggml_type TYPE>
+RWKV_PREFETCH_HELPER void prefetch_block(const uint8_t * grp, const PackedMatrix::Layout & L, int64_t b) {
+    using ti = BlockTraits<TYPE>;
+    constexpr int qs_lines = ti::eight_bit ? 8 : 4;
+    const uint8_t * qs = grp + L.qs + b * (64 * qs_lines);
+    for (int i = 0; i < qs_lines; ++i) prefetch_line(qs + 64 * i);
+    if (b % 2 == 0) {  // 32-byte scales: one line per two blocks
+        prefetch_line(grp + L.d + b * 32);
+        if (ti::has_m) prefetch_line(grp + L.m + b * 32);
+    }
+    if (ti::has_qh) prefetch_line(grp + L.qh + b * 64);
+}
+
 // Pointers into one quantized activation column (quantize_blocks).
 struct QColumn {
     const int8_t * q;
@@ -56,6 +78,32 @@ inline int32_t lane_word(const int8_t * xq, int t) {
     int32_t v;
     std::memcpy(&v, xq + 4 * t, 4);
     return v;
+}
+
+// Columns [t, T) in tiles of MAX columns, the rest in tiles of MAX/2, ...:
+// tile(std::integral_constant<int, TT>{}, t0) for each.
+template <int MAX, class Tile>
+void for_each_tile(int64_t t, int64_t T, Tile && tile) {
+    for (; t + MAX <= T; t += MAX) tile(std::integral_constant<int, MAX>{}, t);
+    if constexpr (MAX > 1) for_each_tile<MAX / 2>(t, T, tile);
+}
+
+// The switch on the block type, shared by the instruction sets: Kernels has
+//   template <ggml_type TYPE> static void quant(w, xq, T, y, y_stride, g0, g1);
+//   static void f16(w, xf, T, y, y_stride, g0, g1);
+template <class Kernels>
+void multiply_by_type(const PackedMatrix & w, const void * x, int64_t T, float * y, int64_t y_stride, int64_t g0,
+                      int64_t g1) {
+    const uint8_t * xq = static_cast<const uint8_t *>(x);
+    switch (w.type()) {
+        case GGML_TYPE_F16: Kernels::f16(w, static_cast<const float *>(x), T, y, y_stride, g0, g1); return;
+        case GGML_TYPE_Q4_0: Kernels::template quant<GGML_TYPE_Q4_0>(w, xq, T, y, y_stride, g0, g1); return;
+        case GGML_TYPE_Q4_1: Kernels::template quant<GGML_TYPE_Q4_1>(w, xq, T, y, y_stride, g0, g1); return;
+        case GGML_TYPE_Q5_0: Kernels::template quant<GGML_TYPE_Q5_0>(w, xq, T, y, y_stride, g0, g1); return;
+        case GGML_TYPE_Q5_1: Kernels::template quant<GGML_TYPE_Q5_1>(w, xq, T, y, y_stride, g0, g1); return;
+        case GGML_TYPE_Q8_0: Kernels::template quant<GGML_TYPE_Q8_0>(w, xq, T, y, y_stride, g0, g1); return;
+        default: return;
+    }
 }
 
 // y = W @ x for columns [0, T) and row groups [g0, g1), as
