@@ -19,22 +19,28 @@ constexpr size_t ALIGN = 64;
 
 size_t round_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
 
-// What each block type stores, in our terms (see the header).
+// packed::BlockTraits of a block type known at run time.
 struct TypeInfo {
     bool has_m;      // d*q + m (else d*(q - offset))
     bool has_qh;     // Q5: fifth bit separately
     bool eight_bit;  // Q8_0: 8 lanes of bytes instead of 4 of nibbles
-    int offset;      // o of the offset types
+    float offset;    // o of the offset types
 };
+
+template <ggml_type TYPE>
+constexpr TypeInfo info_of() {
+    using t = packed::BlockTraits<TYPE>;
+    return {t::has_m, t::has_qh, t::eight_bit, t::offset};
+}
 
 TypeInfo info(ggml_type t) {
     switch (t) {
-        case GGML_TYPE_Q4_0: return {false, false, false, 8};
-        case GGML_TYPE_Q4_1: return {true, false, false, 0};
-        case GGML_TYPE_Q5_0: return {false, true, false, 16};
-        case GGML_TYPE_Q5_1: return {true, true, false, 0};
-        case GGML_TYPE_Q8_0: return {false, false, true, 128};
-        default: return {false, false, false, 0};
+        case GGML_TYPE_Q4_0: return info_of<GGML_TYPE_Q4_0>();
+        case GGML_TYPE_Q4_1: return info_of<GGML_TYPE_Q4_1>();
+        case GGML_TYPE_Q5_0: return info_of<GGML_TYPE_Q5_0>();
+        case GGML_TYPE_Q5_1: return info_of<GGML_TYPE_Q5_1>();
+        case GGML_TYPE_Q8_0: return info_of<GGML_TYPE_Q8_0>();
+        default: return {false, false, false, 0.0f};
     }
 }
 
@@ -64,7 +70,6 @@ void quantize_block_ref(const float * x, int8_t * q, float * dx, float * sx) {
     *dx = d;
     *sx = d * static_cast<float>(sum);
 }
-
 
 // The best instruction set of this CPU for the packed kernels.
 PackedIsa cpu_packed_isa() {
@@ -158,6 +163,28 @@ void pack_f16_group(const uint8_t * const * rows, int n_valid, int64_t K, uint8_
     }
 }
 
+// Region offsets of one group (see the header); returns the group's bytes.
+size_t group_layout(ggml_type type, int64_t n_cols, PackedMatrix::Layout & lay) {
+    const int64_t nb = n_cols / PACK_BLOCK;
+    const TypeInfo ti = info(type);
+    lay = {};
+    if (type == GGML_TYPE_F16) {
+        return round_up(static_cast<size_t>(n_cols) * PACK_ROWS * 2, ALIGN);
+    }
+    lay.d_stride = PACK_ROWS * 2;
+    lay.qh_stride = ti.has_qh ? 64 : 0;
+    lay.qs_stride = ti.eight_bit ? 512 : 256;
+    size_t off = round_up(nb * lay.d_stride, ALIGN);
+    lay.m = off;
+    if (ti.has_m) off = round_up(off + nb * lay.d_stride, ALIGN);
+    lay.qh = off;
+    off = round_up(off + nb * lay.qh_stride, ALIGN);
+    lay.qs = off;
+    return round_up(off + nb * lay.qs_stride, ALIGN);
+}
+
+constexpr int64_t RELEASE_GROUPS = 64;  // source rows handed back per release call: 1024
+
 uint8_t * allocate(size_t bytes) {
     return static_cast<uint8_t *>(std::aligned_alloc(ALIGN, round_up(std::max<size_t>(bytes, 1), ALIGN)));
 }
@@ -200,33 +227,6 @@ bool packable(ggml_type type, int64_t n_cols) {
 void PackedFree::operator()(uint8_t * p) const { std::free(p); }
 
 PackedBuffer allocate_packed(size_t bytes) { return PackedBuffer(allocate(bytes)); }
-
-
-namespace {
-
-// Region offsets of one group (see the header); returns the group's bytes.
-size_t group_layout(ggml_type type, int64_t n_cols, PackedMatrix::Layout & lay) {
-    const int64_t nb = n_cols / PACK_BLOCK;
-    const TypeInfo ti = info(type);
-    lay = {};
-    if (type == GGML_TYPE_F16) {
-        return round_up(static_cast<size_t>(n_cols) * PACK_ROWS * 2, ALIGN);
-    }
-    lay.d_stride = PACK_ROWS * 2;
-    lay.qh_stride = ti.has_qh ? 64 : 0;
-    lay.qs_stride = ti.eight_bit ? 512 : 256;
-    size_t off = round_up(nb * lay.d_stride, ALIGN);
-    lay.m = off;
-    if (ti.has_m) off = round_up(off + nb * lay.d_stride, ALIGN);
-    lay.qh = off;
-    off = round_up(off + nb * lay.qh_stride, ALIGN);
-    lay.qs = off;
-    return round_up(off + nb * lay.qs_stride, ALIGN);
-}
-
-constexpr int64_t RELEASE_GROUPS = 64;  // source rows handed back per release call: 1024
-
-}  // namespace
 
 size_t PackedMatrix::packed_bytes(ggml_type type, int64_t n_rows, int64_t n_cols) {
     if (!packable(type, n_cols) || n_rows <= 0) return 0;
