@@ -132,6 +132,7 @@ const char * rwkv_model_tokenizer(const struct rwkv_model * m) { return m->impl-
 enum rwkv_type rwkv_model_type(const struct rwkv_model * m) { return m->impl->hparams().file_type; }
 size_t rwkv_model_state_len(const struct rwkv_model * m) { return m->impl->state_len(); }
 size_t rwkv_model_logits_len(const struct rwkv_model * m) { return m->impl->hparams().n_vocab; }
+size_t rwkv_model_packed_bytes(const struct rwkv_model * m) { return m->impl->packed_bytes(); }
 
 enum rwkv_status rwkv_state_init(const struct rwkv_model * model, float * state, size_t n_state) {
     if (model == nullptr || state == nullptr || n_state != model->impl->state_len()) {

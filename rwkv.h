@@ -142,6 +142,9 @@ RWKV_API enum rwkv_type rwkv_model_type(const struct rwkv_model * model);
 RWKV_API size_t rwkv_model_state_len(const struct rwkv_model * model);
 /* Number of floats of logits (= n_vocab). */
 RWKV_API size_t rwkv_model_logits_len(const struct rwkv_model * model);
+/* Bytes of the matrices laid out for the packed kernels at load (0 when
+ * rwkv_model_params.repack was false or this CPU has no packed kernels). */
+RWKV_API size_t rwkv_model_packed_bytes(const struct rwkv_model * model);
 
 /* Writes the initial state (v4: zeros, and -1e30 in the max-exponent slots;
  * v5, v6, v7: zeros).  Layouts: docs/FORMAT.md. */

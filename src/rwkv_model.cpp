@@ -546,6 +546,12 @@ void Model::pack_weights() {
              bytes / 1048576.0, packed_isa_name(packed_isa()), seconds);
 }
 
+size_t Model::packed_bytes() const {
+    size_t bytes = 0;
+    for (const auto & entry : packed_) bytes += entry.second->bytes();
+    return bytes;
+}
+
 const PackedMatrix * Model::packed(const ggml_tensor * t) const {
     auto it = packed_.find(t);
     return it == packed_.end() ? nullptr : it->second.get();

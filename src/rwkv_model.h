@@ -171,6 +171,7 @@ public:
     // The packed form of a matrix (rwkv_packed.h), or null when the matrix
     // stays in ggml's layout (not packed, or packing off / unavailable).
     const PackedMatrix * packed(const ggml_tensor * t) const;
+    size_t packed_bytes() const;
 
     ggml_tensor * emb = nullptr;
     ggml_tensor * ln0_w = nullptr;   // only when the file has ln0 not pre-applied

@@ -160,6 +160,8 @@ def test_packed_model_matches_ggml_model(tmp_path, fp32_file, tokens, kind):
     runs = {}
     for repack in (False, True):
         with rwkv_cpp.Model(path, n_threads=1, repack=repack) as m:
+            # every matrix but the FFN value one (328 columns) is packed
+            assert (m.packed_bytes > 0) == (repack and rwkv_cpp.packed_kernels_available())
             runs[repack] = m.eval_sequence(tokens, all_logits=True)
     (l0, s0), (l1, s1) = runs[False], runs[True]
     # Both round the activations (ggml: FP16 / Q8 per block; packed: fp32 /
@@ -172,6 +174,7 @@ def test_packed_model_matches_ggml_model(tmp_path, fp32_file, tokens, kind):
 def test_packed_sequence_equals_token_by_token(tmp_path, fp32_file, tokens, kind):
     path = _model_file(tmp_path, fp32_file, kind)
     with rwkv_cpp.Model(path, n_threads=2, repack=True) as m:
+        assert (m.packed_bytes > 0) == rwkv_cpp.packed_kernels_available()
         seq_logits, seq_state = m.eval_sequence(tokens)
         state = None
         for t in tokens:
@@ -189,6 +192,7 @@ assert rwkv_cpp.packed_kernels_name() == "AVX2", rwkv_cpp.packed_kernels_name()
 runs = {}
 for repack in (False, True):
     with rwkv_cpp.Model(path, n_threads=2, repack=repack) as m:
+        assert (m.packed_bytes > 0) == repack
         seq = m.eval_sequence(tokens, all_logits=True)
         state = None
         for t in tokens:

@@ -92,6 +92,8 @@ size_t rwkv_model_state_len(const struct rwkv_model * model);
 
 size_t rwkv_model_logits_len(const struct rwkv_model * model);
 
+size_t rwkv_model_packed_bytes(const struct rwkv_model * model);
+
 enum rwkv_status rwkv_state_init(
     const struct rwkv_model * model,
     float * state,

@@ -115,6 +115,8 @@ class Model:
         self.version = _string(lib.rwkv_model_version(self._model))
         self.tokenizer_name = _string(lib.rwkv_model_tokenizer(self._model))
         self.type = _string(lib.rwkv_type_str(lib.rwkv_model_type(self._model)))
+        # bytes of matrices laid out for the packed kernels (0: all with ggml)
+        self.packed_bytes = int(lib.rwkv_model_packed_bytes(self._model))
         self.state_len = int(lib.rwkv_model_state_len(self._model))
         self.n_threads = int(cparams.n_threads)
 
