@@ -249,12 +249,43 @@ def run_reference(state_dict: dict[str, np.ndarray], source_dtype: str, tokens) 
 # ---------------------------------------------------------------------------
 
 
-class ModelZoo:
-    """Builds checkpoints, conversions and official runs on demand, once each."""
+class CheckpointCache:
+    """Random checkpoints, their .pth files and GGUF conversions under root,
+    each built on demand once; subclasses say how a checkpoint is made."""
 
     def __init__(self, root: Path):
         self.root = root
         self._state_dicts: dict[str, dict[str, np.ndarray]] = {}
+
+    def _build_state_dict(self, name: str) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def state_dict(self, name: str) -> dict[str, np.ndarray]:
+        if name not in self._state_dicts:
+            self._state_dicts[name] = self._build_state_dict(name)
+        return self._state_dicts[name]
+
+    def pth(self, name: str, source_dtype: str = "fp32") -> Path:
+        path = self.root / f"{name}-{source_dtype}.pth"
+        if not path.exists():
+            save_pth(self.state_dict(name), source_dtype, path)
+        return path
+
+    def converted(self, name: str, source_dtype: str, file_type: str) -> Path:
+        """The .pth of source_dtype converted to a GGUF of file_type."""
+        path = self.root / f"{name}-{source_dtype}-{file_type}.gguf"
+        if not path.exists():
+            from rwkv_cpp.convert import convert_file
+
+            convert_file(str(self.pth(name, source_dtype)), str(path), out_type=file_type)
+        return path
+
+
+class ModelZoo(CheckpointCache):
+    """RWKV-4 checkpoints, conversions and official runs, once each."""
+
+    def __init__(self, root: Path):
+        super().__init__(root)
         self._official: dict[tuple[str, str], Run] = {}
         self._reference: dict[tuple[str, str], Run] = {}
         self._misrounded: dict[str, np.ndarray] = {}
@@ -262,10 +293,8 @@ class ModelZoo:
     def spec(self, name: str) -> CheckpointSpec:
         return CHECKPOINTS[name]
 
-    def state_dict(self, name: str) -> dict[str, np.ndarray]:
-        if name not in self._state_dicts:
-            self._state_dicts[name] = make_state_dict(self.spec(name))
-        return self._state_dicts[name]
+    def _build_state_dict(self, name: str) -> dict[str, np.ndarray]:
+        return make_state_dict(self.spec(name))
 
     def misrounded_rows(self, name: str) -> np.ndarray:
         if name not in self._misrounded:
@@ -277,19 +306,8 @@ class ModelZoo:
         rows that the official loader misrounds for the bf16 checkpoint."""
         return parity_tokens(self.spec(name), self.misrounded_rows(name))
 
-    def pth(self, name: str, source_dtype: str) -> Path:
-        path = self.root / f"{name}-{source_dtype}.pth"
-        if not path.exists():
-            save_pth(self.state_dict(name), source_dtype, path)
-        return path
-
     def gguf(self, name: str, source_dtype: str, file_type: str) -> Path:
-        path = self.root / f"{name}-{source_dtype}-{file_type}.gguf"
-        if not path.exists():
-            from rwkv_cpp.convert import convert_file
-
-            convert_file(str(self.pth(name, source_dtype)), str(path), out_type=file_type)
-        return path
+        return self.converted(name, source_dtype, file_type)
 
     def safetensors_gguf(self, name: str, file_type: str) -> Path:
         """A GGUF converted from an fp32 .safetensors checkpoint: needs no torch."""

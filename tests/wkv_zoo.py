@@ -22,7 +22,7 @@ import numpy as np
 
 import reference_rwkv4 as ref4
 import reference_rwkv5plus as ref
-from conftest import Run, as_source_dtype, import_torch, parity_tokens, run_official, save_pth
+from conftest import CheckpointCache, Run, as_source_dtype, import_torch, parity_tokens, run_official
 
 VERSIONS = ("5.0", "5.1", "5.2", "6.0", "7.0")
 WORKER = Path(__file__).resolve().parent / "official_v7_worker.py"
@@ -98,22 +98,19 @@ def reference_embedding_round(spec: WkvSpec, source_dtype: str):
     return None
 
 
-class WkvZoo:
-    """Builds checkpoints, conversions and runs on demand, once each."""
+class WkvZoo(CheckpointCache):
+    """RWKV-5/6/7 checkpoints, conversions and runs, once each."""
 
     def __init__(self, root: Path):
-        self.root = root
-        self._sd: dict = {}
+        super().__init__(root)
         self._runs: dict = {}
         self._tokens: dict = {}
 
     def spec(self, name: str) -> WkvSpec:
         return SPECS[name]
 
-    def state_dict(self, name: str) -> dict:
-        if name not in self._sd:
-            self._sd[name] = make_state_dict(self.spec(name))
-        return self._sd[name]
+    def _build_state_dict(self, name: str) -> dict:
+        return make_state_dict(self.spec(name))
 
     def shape(self, name: str) -> ref.WkvShape:
         return ref.shape_of(self.state_dict(name), self.spec(name).version)
@@ -136,19 +133,8 @@ class WkvZoo:
             self._tokens[name] = parity_tokens(s, self.misrounded_rows(name))
         return self._tokens[name]
 
-    def pth(self, name: str, source_dtype: str = "fp32") -> Path:
-        path = self.root / f"{name}-{source_dtype}.pth"
-        if not path.exists():
-            save_pth(self.state_dict(name), source_dtype, path)
-        return path
-
     def gguf(self, name: str, file_type: str = "FP32", source_dtype: str = "fp32") -> Path:
-        path = self.root / f"{name}-{source_dtype}-{file_type}.gguf"
-        if not path.exists():
-            from rwkv_cpp.convert import convert_file
-
-            convert_file(str(self.pth(name, source_dtype)), str(path), out_type=file_type)
-        return path
+        return self.converted(name, source_dtype, file_type)
 
     def quantized(self, name: str, qtype: str) -> Path:
         path = self.root / f"{name}-{qtype}.gguf"
