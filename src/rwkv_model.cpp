@@ -487,15 +487,14 @@ void Model::pack_weights() {
             todo.push_back(e.tensor);
         }
     }
-    // One buffer for all (no per-matrix rounding to huge pages), carved in
-    // 64-byte aligned pieces.
+    if (todo.empty()) {
+        return;
+    }
+    // One buffer for all, carved in 64-byte aligned pieces.
     std::vector<size_t> offsets(todo.size() + 1, 0);
     for (size_t i = 0; i < todo.size(); ++i) {
         const ggml_tensor * t = todo[i];
         offsets[i + 1] = offsets[i] + PackedMatrix::packed_bytes(t->type, t->ne[1], t->ne[0]);
-    }
-    if (todo.empty()) {
-        return;
     }
     packed_memory_ = allocate_packed(offsets.back());
     if (!packed_memory_) {
@@ -509,6 +508,12 @@ void Model::pack_weights() {
     std::string error;
     rwkv_status error_status = RWKV_STATUS_OK;
     std::mutex error_mutex;
+    auto record_failure = [&](rwkv_status status, const char * message) {
+        std::lock_guard<std::mutex> lock(error_mutex);
+        failed = true;
+        error = message;
+        error_status = status;
+    };
     auto worker = [&]() {
         for (size_t i = next++; i < todo.size() && !failed; i = next++) {
             const ggml_tensor * t = todo[i];
@@ -516,15 +521,9 @@ void Model::pack_weights() {
                 done[i].reset(new PackedMatrix(t->type, t->ne[1], t->ne[0], t->data,
                                                packed_memory_.get() + offsets[i], release));
             } catch (const Error & e) {
-                std::lock_guard<std::mutex> lock(error_mutex);
-                failed = true;
-                error = e.what();
-                error_status = e.status();
+                record_failure(e.status(), e.what());
             } catch (const std::bad_alloc &) {
-                std::lock_guard<std::mutex> lock(error_mutex);
-                failed = true;
-                error = "out of memory while packing the weights";
-                error_status = RWKV_STATUS_ERROR_ALLOC;
+                record_failure(RWKV_STATUS_ERROR_ALLOC, "out of memory while packing the weights");
             }
         }
     };
@@ -536,14 +535,12 @@ void Model::pack_weights() {
     if (failed) {
         fail(error_status, "%s", error.c_str());
     }
-    size_t bytes = 0;
     for (size_t i = 0; i < todo.size(); ++i) {
-        bytes += done[i]->bytes();
         packed_.emplace(todo[i], std::move(done[i]));
     }
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     log_.log(RWKV_LOG_LEVEL_INFO, "packed %zu matrices (%.1f MiB) for the %s kernels in %.3f s", todo.size(),
-             bytes / 1048576.0, packed_isa_name(packed_isa()), seconds);
+             offsets.back() / 1048576.0, packed_isa_name(packed_isa()), seconds);
 }
 
 size_t Model::packed_bytes() const {
