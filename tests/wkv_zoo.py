@@ -22,7 +22,8 @@ import numpy as np
 
 import reference_rwkv4 as ref4
 import reference_rwkv5plus as ref
-from conftest import CheckpointCache, Run, as_source_dtype, import_torch, parity_tokens, run_official
+from conftest import (
+    CheckpointCache, Run, as_source_dtype, official_bf16_ln0_embedding, parity_tokens, run_official)
 
 VERSIONS = ("5.0", "5.1", "5.2", "6.0", "7.0")
 WORKER = Path(__file__).resolve().parent / "official_v7_worker.py"
@@ -77,19 +78,6 @@ def make_state_dict(spec: WkvSpec) -> dict:
                                  layer0_value_lora=not spec.name.endswith("small"))
 
 
-def official_bf16_embedding(state_dict) -> np.ndarray:
-    """ln0(emb) as the official RWKV-5/6 loader computes it for a bf16
-    checkpoint: F.layer_norm on the bf16 tensors (float32 maths, bf16 result)."""
-    torch = import_torch()
-    import torch.nn.functional as F
-
-    bf16 = {k: torch.from_numpy(state_dict[k]).to(torch.bfloat16)
-            for k in ("emb.weight", "blocks.0.ln0.weight", "blocks.0.ln0.bias")}
-    out = F.layer_norm(bf16["emb.weight"], (bf16["emb.weight"].shape[1],),
-                       weight=bf16["blocks.0.ln0.weight"], bias=bf16["blocks.0.ln0.bias"])
-    return out.double().numpy()
-
-
 def reference_embedding_round(spec: WkvSpec, source_dtype: str):
     """The rounding the official loader applies to ln0(emb): bf16 for bf16
     v5/v6 checkpoints; none for RWKV-7 (it widens to float32 first)."""
@@ -125,7 +113,8 @@ class WkvZoo(CheckpointCache):
         sd = as_source_dtype(self.state_dict(name), "bf16")
         model = ref.WkvReference(sd, spec.version, ref4.round_via_float32_to_bf16)
         ours = np.stack([model.embed(t) for t in range(spec.n_vocab)])
-        return np.flatnonzero(np.any(official_bf16_embedding(sd) != ours, axis=1))
+        # the RWKV-5/6 loader computes ln0(emb) as the RWKV-4 one does
+        return np.flatnonzero(np.any(official_bf16_ln0_embedding(sd) != ours, axis=1))
 
     def tokens(self, name: str) -> np.ndarray:
         if name not in self._tokens:
