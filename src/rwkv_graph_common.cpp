@@ -3,7 +3,6 @@
 #include "rwkv_graph.h"
 #include "rwkv_model.h"
 #include "rwkv_ops.h"
-#include "rwkv_ops_v5plus.h"
 #include "rwkv_packed.h"
 
 #include "ggml.h"
@@ -88,7 +87,7 @@ ggml_tensor * channel_mix_rkv(ggml_context * ctx, ggml_cgraph * gf, const Model 
     ggml_tensor * const mu[] = {f.mix_k, f.mix_r};
     ggml_tensor * kx;
     ggml_tensor * rx;
-    if (form == MixForm::V4) {
+    if (form == MixForm::WeightedSum) {
         // xx = F.layer_norm(x, ln2); sx = cat(state_xx, xx[:-1]);
         // kx, rx = xx * mix + sx * (1 - mix)   (one fused node, which also
         // writes xx[-1] into the output state)

@@ -62,7 +62,7 @@ ggml_tensor * column_block(ggml_context * ctx, ggml_tensor * t, int64_t m, int64
 // Block i ([D, T]) of a [D, T, n] tensor.
 ggml_tensor * block(ggml_context * ctx, ggml_tensor * t, int64_t i);
 
-// Splits a [D, T + N] WKV result (rwkv_ops_v5plus): stores its new state
+// Splits a [D, T + N] WKV result (wkv5, wkv7): stores its new state
 // (columns T..) at state_out[offset] and returns its output columns [D, T].
 ggml_tensor * wkv_output(ggml_context * ctx, ggml_cgraph * gf, ggml_tensor * out, int64_t n_tokens,
                          const GraphIO & io, size_t offset);

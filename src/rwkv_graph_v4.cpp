@@ -6,7 +6,6 @@
 
 #include "rwkv_model.h"
 #include "rwkv_ops.h"
-#include "rwkv_ops_v5plus.h"
 
 #include "ggml.h"
 
@@ -56,7 +55,7 @@ void build_graph_v4(ggml_context * ctx, ggml_cgraph * gf, const Model & m, Graph
         x = time_mixing(ctx, gf, m, il, x, io);
         const LayerV4 & l = m.layers[il];
         x = blocks::channel_mix_rkv(ctx, gf, m, x, l.ffn, l.ln2_w, l.ln2_b, io, m.v4_state_offset(il, V4_FFN_XX),
-                                    MixForm::V4);
+                                    MixForm::WeightedSum);
     }
     // F.layer_norm(x[-1], ..., ln_out) @ head   (every x for ALL)
     blocks::output_logits(ctx, gf, m, x, io, logits);

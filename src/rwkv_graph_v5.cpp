@@ -7,7 +7,7 @@
 
 #include "rwkv_graph_common.h"
 #include "rwkv_model.h"
-#include "rwkv_ops_v5plus.h"
+#include "rwkv_ops.h"
 
 #include "ggml.h"
 
@@ -25,7 +25,7 @@ ggml_tensor * time_mixing(ggml_context * ctx, ggml_cgraph * gf, const Model & m,
         blocks::norm_shift(ctx, gf, m, x, l.att.ln1_w, l.att.ln1_b, io, m.wkv_state_offset(il, WKV_ATT_XX));
     // kx, vx, rx, gx = xx * time_mix_{k,v,r,g} + sx * (1 - time_mix_{k,v,r,g})
     ggml_tensor * const mu[] = {l.mix_k, l.mix_v, l.mix_r, l.mix_g};
-    ggml_tensor * mixed = shift_mix(ctx, s.xx, s.x_prev, mu, hp.has_gate ? 4 : 3, MixForm::V4);
+    ggml_tensor * mixed = shift_mix(ctx, s.xx, s.x_prev, mu, hp.has_gate ? 4 : 3, MixForm::WeightedSum);
     // r = rx @ rw; k = kx @ kw; v = vx @ vw   (no sigmoid on r from v5 on)
     ggml_tensor * r = blocks::matmul(ctx, m, l.att.r, blocks::block(ctx, mixed, 2));
     ggml_tensor * k = blocks::matmul(ctx, m, l.att.k, blocks::block(ctx, mixed, 0));
@@ -33,7 +33,8 @@ ggml_tensor * time_mixing(ggml_context * ctx, ggml_cgraph * gf, const Model & m,
     // out = GroupNorm(r @ (u * k @ v + s)); s = k @ v + w * s
     const size_t s_off = m.wkv_state_offset(il, WKV_ATT_STATE);
     ggml_tensor * state = blocks::state_view(ctx, io.state_in, s_off, int64_t(hp.n_embed) * hp.head_size);
-    ggml_tensor * out = wkv5(ctx, hp, r, k, v, l.decay, nullptr, l.bonus, l.att.lnx_w, l.att.lnx_b, state);
+    ggml_tensor * out = wkv5(ctx, hp.n_head, hp.head_size, &hp.ln_x_eps, r, k, v, l.decay, nullptr, l.bonus,
+                             l.att.lnx_w, l.att.lnx_b, state);
     ggml_tensor * y = blocks::wkv_output(ctx, gf, out, T, io, s_off);
     if (hp.has_gate) {
         // out = out * F.silu(gx @ gw)
@@ -51,7 +52,7 @@ void build_graph_v5(ggml_context * ctx, ggml_cgraph * gf, const Model & m, Graph
         const LayerV5 & l = m.layers_v5[il];
         x = time_mixing(ctx, gf, m, il, x, io);
         x = blocks::channel_mix_rkv(ctx, gf, m, x, l.ffn, l.att.ln2_w, l.att.ln2_b, io,
-                                    m.wkv_state_offset(il, WKV_FFN_XX), MixForm::V4);
+                                    m.wkv_state_offset(il, WKV_FFN_XX), MixForm::WeightedSum);
     }
     blocks::output_logits(ctx, gf, m, x, io, logits);
 }

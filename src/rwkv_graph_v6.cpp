@@ -5,7 +5,7 @@
 
 #include "rwkv_graph_common.h"
 #include "rwkv_model.h"
-#include "rwkv_ops_v5plus.h"
+#include "rwkv_ops.h"
 
 #include "ggml.h"
 
@@ -20,7 +20,7 @@ namespace {
 //   wx = xx + sx * (time_maa_w + mw), ...
 ggml_tensor * data_dependent_mix(ggml_context * ctx, const LayerV6 & l, const blocks::Shifted & s) {
     const int64_t E = l.maa_w2->ne[0], T = s.xx->ne[1];
-    ggml_tensor * xxx = shift_mix(ctx, s.xx, s.x_prev, &l.maa_x, 1, MixForm::V6);
+    ggml_tensor * xxx = shift_mix(ctx, s.xx, s.x_prev, &l.maa_x, 1, MixForm::AddDelta);
     ggml_tensor * lora = ggml_tanh(ctx, ggml_mul_mat(ctx, l.maa_w1, xxx));  // [5E, T] = (T, 5, E)
     // (T, 5, E) -> (5, T, E), i.e. ggml [E, T, 5], the batch of the bmm
     ggml_tensor * batch = T == 1 ? ggml_reshape_3d(ctx, lora, E, 1, 5)
@@ -49,7 +49,8 @@ ggml_tensor * time_mixing(ggml_context * ctx, ggml_cgraph * gf, const Model & m,
     // out = GroupNorm(r @ (u * k @ v + s)); s = k @ v + w * s
     const size_t s_off = m.wkv_state_offset(il, WKV_ATT_STATE);
     ggml_tensor * state = blocks::state_view(ctx, io.state_in, s_off, int64_t(hp.n_embed) * hp.head_size);
-    ggml_tensor * out = wkv5(ctx, hp, r, k, v, l.decay, w_lora, l.bonus, l.att.lnx_w, l.att.lnx_b, state);
+    ggml_tensor * out = wkv5(ctx, hp.n_head, hp.head_size, &hp.ln_x_eps, r, k, v, l.decay, w_lora, l.bonus,
+                             l.att.lnx_w, l.att.lnx_b, state);
     ggml_tensor * y = blocks::wkv_output(ctx, gf, out, T, io, s_off);
     // x + (out * g) @ ow
     return ggml_add(ctx, x, blocks::matmul(ctx, m, l.att.o, ggml_mul(ctx, y, g)));
@@ -63,7 +64,7 @@ void build_graph_v6(ggml_context * ctx, ggml_cgraph * gf, const Model & m, Graph
         const LayerV6 & l = m.layers_v6[il];
         x = time_mixing(ctx, gf, m, il, x, io);
         x = blocks::channel_mix_rkv(ctx, gf, m, x, l.ffn, l.att.ln2_w, l.att.ln2_b, io,
-                                    m.wkv_state_offset(il, WKV_FFN_XX), MixForm::V6);
+                                    m.wkv_state_offset(il, WKV_FFN_XX), MixForm::AddDelta);
     }
     blocks::output_logits(ctx, gf, m, x, io, logits);
 }

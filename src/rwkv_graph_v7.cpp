@@ -6,7 +6,6 @@
 #include "rwkv_graph_common.h"
 #include "rwkv_model.h"
 #include "rwkv_ops.h"
-#include "rwkv_ops_v5plus.h"
 
 #include "ggml.h"
 
@@ -32,7 +31,7 @@ ggml_tensor * time_mixing(ggml_context * ctx, ggml_cgraph * gf, const Model & m,
     const blocks::Shifted s =
         blocks::norm_shift(ctx, gf, m, x, l.att.ln1_w, l.att.ln1_b, io, m.wkv_state_offset(il, WKV_ATT_XX));
     // xr, xw, xk, xv, xa, xg = x + xx * x_r, ...  (xx = cat(x_prev, x[:-1]) - x)
-    ggml_tensor * mixed = shift_mix(ctx, s.xx, s.x_prev, l.x, V7_MIXES, MixForm::V6);
+    ggml_tensor * mixed = shift_mix(ctx, s.xx, s.x_prev, l.x, V7_MIXES, MixForm::AddDelta);
     ggml_tensor * xv = blocks::block(ctx, mixed, V7_MIX_V);
     // r = xr @ R_; k = xk @ K_; v = xv @ V_
     ggml_tensor * r = blocks::matmul(ctx, m, l.att.r, blocks::block(ctx, mixed, V7_MIX_R));
@@ -44,15 +43,17 @@ ggml_tensor * time_mixing(ggml_context * ctx, ggml_cgraph * gf, const Model & m,
     // g = sigmoid(xg @ g1) @ g2
     ggml_tensor * g = lora(ctx, blocks::block(ctx, mixed, V7_MIX_G), l.g1, l.g2, ggml_sigmoid);
     // kk, k, v (with the value residual of layers > 0) and a
-    ggml_tensor * prep = il == 0 ? wkv7_prepare(ctx, hp, k, v, a_lora, l.a0, l.k_k, l.k_a, nullptr, nullptr, nullptr)
-                                 : wkv7_prepare(ctx, hp, k, v, a_lora, l.a0, l.k_k, l.k_a,
+    ggml_tensor * prep = il == 0 ? wkv7_prepare(ctx, hp.n_head, hp.head_size, k, v, a_lora, l.a0, l.k_k, l.k_a,
+                                                nullptr, nullptr, nullptr)
+                                 : wkv7_prepare(ctx, hp.n_head, hp.head_size, k, v, a_lora, l.a0, l.k_k, l.k_a,
                                                 lora(ctx, xv, l.v1, l.v2, nullptr), l.v0, *v_first);
     if (il == 0) {
         *v_first = blocks::block(ctx, prep, WKV7_V);
     }
     const size_t s_off = m.wkv_state_offset(il, WKV_ATT_STATE);
     ggml_tensor * state = blocks::state_view(ctx, io.state_in, s_off, int64_t(hp.n_embed) * hp.head_size);
-    ggml_tensor * out = wkv7(ctx, hp, r, w_lora, l.w0, prep, l.r_k, l.att.lnx_w, l.att.lnx_b, state);
+    ggml_tensor * out = wkv7(ctx, hp.n_head, hp.head_size, &hp.ln_x_eps, r, w_lora, l.w0, prep, l.r_k, l.att.lnx_w,
+                             l.att.lnx_b, state);
     ggml_tensor * y = blocks::wkv_output(ctx, gf, out, T, io, s_off);
     // x + (xx * g) @ O_
     return ggml_add(ctx, x, blocks::matmul(ctx, m, l.att.o, ggml_mul(ctx, y, g)));
@@ -65,7 +66,7 @@ ggml_tensor * channel_mixing(ggml_context * ctx, ggml_cgraph * gf, const Model &
     const LayerV7 & l = m.layers_v7[il];
     const blocks::Shifted s =
         blocks::norm_shift(ctx, gf, m, x, l.att.ln2_w, l.att.ln2_b, io, m.wkv_state_offset(il, WKV_FFN_XX));
-    ggml_tensor * kx = shift_mix(ctx, s.xx, s.x_prev, &l.ffn_x_k, 1, MixForm::V6);
+    ggml_tensor * kx = shift_mix(ctx, s.xx, s.x_prev, &l.ffn_x_k, 1, MixForm::AddDelta);
     ggml_tensor * k = relu_sq(ctx, blocks::matmul(ctx, m, l.ffn_k, kx));
     return ggml_add(ctx, x, blocks::matmul(ctx, m, l.ffn_v, k));
 }

@@ -1,6 +1,7 @@
 #include "rwkv_packed.h"
 
 #include "rwkv_common.h"
+#include "rwkv_ops_util.h"
 #include "rwkv_packed_kernels.h"
 
 #include <algorithm>
@@ -356,30 +357,22 @@ void quantize_blocks(const float * x, int64_t x_stride, int64_t n_cols, int64_t 
 
 namespace {
 
-// [begin, end) of n items for thread ith of nth.
-void split_range(int64_t n, int ith, int nth, int64_t & begin, int64_t & end) {
-    begin = n * ith / nth;
-    end = n * (ith + 1) / nth;
-}
-
 // dst i8 [quantized_column_bytes, T]; src 0: x f32 [K, T].
 void quantize_compute(ggml_tensor * dst, int ith, int nth, void *) {
     const ggml_tensor * x = dst->src[0];
     const int64_t K = x->ne[0], T = x->ne[1];
-    int64_t i0, i1;
-    split_range(T * (K / PACK_BLOCK), ith, nth, i0, i1);
-    quantize_blocks(static_cast<const float *>(x->data), x->nb[1] / sizeof(float), K, i0, i1,
+    const ops::Range blocks = ops::thread_range(T * (K / PACK_BLOCK), ith, nth);
+    quantize_blocks(static_cast<const float *>(x->data), x->nb[1] / sizeof(float), K, blocks.begin, blocks.end,
                     static_cast<uint8_t *>(dst->data), packed_isa());
 }
 
 // dst f32 [N, T]; src 0: the quantized x (or x itself for F16).
 void packed_compute(ggml_tensor * dst, int ith, int nth, void * userdata) {
     const PackedMatrix & w = *static_cast<const PackedMatrix *>(userdata);
-    int64_t g0, g1;
-    split_range(w.groups(), ith, nth, g0, g1);
-    if (g0 < g1) {
+    const ops::Range groups = ops::thread_range(w.groups(), ith, nth);
+    if (groups.begin < groups.end) {
         w.multiply(packed_isa(), dst->src[0]->data, dst->ne[1], static_cast<float *>(dst->data),
-                   dst->nb[1] / sizeof(float), g0, g1);
+                   dst->nb[1] / sizeof(float), groups.begin, groups.end);
     }
 }
 
