@@ -34,8 +34,10 @@ namespace rwkv {
 // Token-shift mixes
 // ---------------------------------------------------------------------------
 
+// The most mixes of one node: ggml_custom_4d takes fewer than GGML_MAX_SRC
+// (10) sources, of which ln_shift_mix needs 5 and shift_mix 2 for others.
 constexpr int LN_SHIFT_MIX_MAX = 3;
-constexpr int SHIFT_MIX_MAX = 8;
+constexpr int SHIFT_MIX_MAX = 7;
 constexpr int SHIFT_MIX_LORA_N = 5;
 
 // How a token-shift mix combines the current (xx) and previous (sx) token.

@@ -16,6 +16,10 @@ using ops::f32_mut;
 using ops::Range;
 using ops::thread_range;
 
+static_assert(5 + LN_SHIFT_MIX_MAX < GGML_MAX_SRC && 2 + SHIFT_MIX_MAX < GGML_MAX_SRC &&
+                  3 + SHIFT_MIX_LORA_N < GGML_MAX_SRC,
+              "ggml_custom_4d takes fewer than GGML_MAX_SRC sources");
+
 namespace {
 
 // ---------------------------------------------------------------------------
