@@ -1,12 +1,14 @@
 #include "rwkv_testing.h"
 
 #include "rwkv_common.h"
+#include "rwkv_ops.h"
 #include "rwkv_packed.h"
 
 #include "ggml-cpu.h"
 #include "ggml.h"
 
 #include <cstring>
+#include <initializer_list>
 #include <vector>
 
 using namespace rwkv;
@@ -40,6 +42,158 @@ bool packed_isa_of(int kernels, PackedIsa & isa) {
         case RWKV_TESTING_AVX512: isa = PackedIsa::AVX512_VNNI; return cpu_runs(isa);
         default: return false;
     }
+}
+
+
+// ---- one custom op on caller arrays (rwkv_testing_run_op) ----------------
+
+constexpr int OP_MAX_INPUTS = 16;
+constexpr int64_t OP_MAX_SIZE = int64_t(1) << 12;  // per size argument: small buffers, no overflow
+constexpr int OP_MAX_THREADS = 64;
+
+// The shape of one input of an op ({D}, {D, T}, ...); optional inputs are
+// given all together or not at all.
+struct OpInput {
+    int64_t ne[3];
+    bool optional;
+};
+
+// The inputs of op, in the order of rwkv_testing.h; false for an unknown
+// op or sizes the op refuses (its GGML_ASSERTs would abort instead).
+bool op_inputs(int op, const rwkv_testing_op_args & a, std::vector<OpInput> & in) {
+    const int64_t D = a.n_embed, T = a.n_tokens, N = a.head_size;
+    const OpInput vec = {{D, 1, 1}, false}, cols = {{D, T, 1}, false};
+    const bool heads_ok = a.n_head >= 1 && N >= 1 && a.n_head * N == D;
+    const auto set = [&](std::initializer_list<OpInput> list) {
+        in.clear();
+        for (const OpInput & x : list) in.push_back(x);
+    };
+    const auto repeat = [&](const OpInput & x, int n) {
+        for (int i = 0; i < n; ++i) in.push_back(x);
+    };
+    switch (op) {
+        case RWKV_TESTING_OP_LN_SHIFT_MIX:
+            set({cols, vec, vec, vec});
+            repeat(vec, a.n_mix);
+            return a.n_mix >= 1 && a.n_mix <= LN_SHIFT_MIX_MAX;
+        case RWKV_TESTING_OP_SHIFT_MIX_WEIGHTED_SUM:
+        case RWKV_TESTING_OP_SHIFT_MIX_ADD_DELTA:
+            set({cols, vec});
+            repeat(vec, a.n_mix);
+            return a.n_mix >= 1 && a.n_mix <= SHIFT_MIX_MAX;
+        case RWKV_TESTING_OP_SHIFT_MIX_LORA:
+            set({cols, vec, {{D, T, SHIFT_MIX_LORA_N}, false}});
+            repeat(vec, SHIFT_MIX_LORA_N);
+            return true;
+        case RWKV_TESTING_OP_WKV4_GATED: set({cols, cols, cols, vec, vec, {{3 * D, 1, 1}, false}}); return true;
+        case RWKV_TESTING_OP_WKV5:
+            set({cols, cols, cols, vec, {{D, T, 1}, true}, vec, vec, vec, {{D * N, 1, 1}, false}});
+            return heads_ok;
+        case RWKV_TESTING_OP_WKV7_PREPARE:
+            set({cols, cols, cols, vec, vec, vec, {{D, T, 1}, true}, {{D, 1, 1}, true}, {{D, T, 1}, true}});
+            return heads_ok;
+        case RWKV_TESTING_OP_WKV7:
+            set({cols, cols, vec, {{D, T, WKV7_BLOCKS}, false}, vec, vec, vec, {{D * N, 1, 1}, false}});
+            return heads_ok;
+        case RWKV_TESTING_OP_RELU_SQ: set({cols}); return true;
+        case RWKV_TESTING_OP_GATED_RESIDUAL: set({cols, cols, cols}); return true;
+        default: return false;
+    }
+}
+
+// Length of the op's side output (the state it writes besides its result).
+int64_t op_side_len(int op, int64_t D) {
+    switch (op) {
+        case RWKV_TESTING_OP_LN_SHIFT_MIX: return D;
+        case RWKV_TESTING_OP_WKV4_GATED: return 3 * D;
+        default: return 0;
+    }
+}
+
+// Checks the arguments against the op's inputs: every required input given,
+// the optional ones all or none, nothing past them.
+bool op_args_valid(int op, const rwkv_testing_op_args & a, std::vector<OpInput> & in) {
+    if (a.n_embed < 1 || a.n_embed > OP_MAX_SIZE || a.n_tokens < 1 || a.n_tokens > OP_MAX_SIZE ||
+        a.n_head < 0 || a.n_head > OP_MAX_SIZE || a.head_size < 0 || a.head_size > OP_MAX_SIZE ||
+        a.n_threads < 1 || a.n_threads > OP_MAX_THREADS || a.out == nullptr || !op_inputs(op, a, in) ||
+        in.size() > OP_MAX_INPUTS) {
+        return false;
+    }
+    int n_optional = 0, n_optional_given = 0;
+    for (size_t i = 0; i < OP_MAX_INPUTS; ++i) {
+        const bool given = a.inputs[i] != nullptr;
+        if (i >= in.size()) {
+            if (given) return false;
+        } else if (in[i].optional) {
+            n_optional += 1;
+            n_optional_given += given ? 1 : 0;
+        } else if (!given) {
+            return false;
+        }
+    }
+    const int64_t side = op_side_len(op, a.n_embed);
+    return (n_optional_given == 0 || n_optional_given == n_optional) && a.side_len == side &&
+           (side == 0 || a.side_out != nullptr);
+}
+
+// Adds the op's node on the input tensors (nullptr for an absent optional
+// one) and the side output.
+ggml_tensor * build_op(ggml_context * ctx, int op, const rwkv_testing_op_args & a, ggml_tensor * const * in,
+                       ggml_tensor * side) {
+    const int64_t H = a.n_head, N = a.head_size;
+    switch (op) {
+        case RWKV_TESTING_OP_LN_SHIFT_MIX:
+            return ln_shift_mix(ctx, in[0], in[1], in[2], in[3], side, in + 4, a.n_mix, &a.eps);
+        case RWKV_TESTING_OP_SHIFT_MIX_WEIGHTED_SUM:
+            return shift_mix(ctx, in[0], in[1], in + 2, a.n_mix, MixForm::WeightedSum);
+        case RWKV_TESTING_OP_SHIFT_MIX_ADD_DELTA:
+            return shift_mix(ctx, in[0], in[1], in + 2, a.n_mix, MixForm::AddDelta);
+        case RWKV_TESTING_OP_SHIFT_MIX_LORA: return shift_mix_lora(ctx, in[0], in[1], in[2], in + 3);
+        case RWKV_TESTING_OP_WKV4_GATED: return wkv4_gated(ctx, in[0], in[1], in[2], in[3], in[4], in[5], side);
+        case RWKV_TESTING_OP_WKV5:
+            return wkv5(ctx, H, N, &a.eps, in[0], in[1], in[2], in[3], in[4], in[5], in[6], in[7], in[8]);
+        case RWKV_TESTING_OP_WKV7_PREPARE:
+            return wkv7_prepare(ctx, H, N, in[0], in[1], in[2], in[3], in[4], in[5], in[6], in[7], in[8]);
+        case RWKV_TESTING_OP_WKV7:
+            return wkv7(ctx, H, N, &a.eps, in[0], in[1], in[2], in[3], in[4], in[5], in[6], in[7]);
+        case RWKV_TESTING_OP_RELU_SQ: return relu_sq(ctx, in[0]);
+        default: return gated_residual(ctx, in[0], in[1], in[2]);
+    }
+}
+
+// Copies the inputs into a ggml context of their own, builds and computes
+// the one-op graph, and copies the result (and side output) back.
+rwkv_status run_op(int op, const rwkv_testing_op_args & a, const std::vector<OpInput> & spec) {
+    // the largest result: [D, T, SHIFT_MIX_MAX] or [D, T + N]
+    const int64_t D = a.n_embed, T = a.n_tokens;
+    size_t floats = static_cast<size_t>(D * (T * SHIFT_MIX_MAX + a.head_size) + a.side_len);
+    for (const OpInput & s : spec) floats += static_cast<size_t>(s.ne[0] * s.ne[1] * s.ne[2]);
+    const size_t mem = floats * sizeof(float) + (OP_MAX_INPUTS + 8) * ggml_tensor_overhead() +
+                       ggml_graph_overhead() + (1u << 20);
+    ggml_init_params ip = {mem, nullptr, false};
+    ggml_context * ctx = ggml_init(ip);
+    if (ctx == nullptr) return RWKV_STATUS_ERROR_ALLOC;
+    ggml_tensor * in[OP_MAX_INPUTS] = {};
+    for (size_t i = 0; i < spec.size(); ++i) {
+        if (a.inputs[i] == nullptr) continue;
+        in[i] = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, spec[i].ne[0], spec[i].ne[1], spec[i].ne[2]);
+        std::memcpy(in[i]->data, a.inputs[i], ggml_nbytes(in[i]));
+    }
+    ggml_tensor * side = a.side_len > 0 ? ggml_new_tensor_1d(ctx, GGML_TYPE_F32, a.side_len) : nullptr;
+    ggml_tensor * out = build_op(ctx, op, a, in, side);
+    rwkv_status status = RWKV_STATUS_ERROR_INVALID_ARGUMENT;
+    if (ggml_nelements(out) == a.out_len) {
+        ggml_cgraph * gf = ggml_new_graph(ctx);
+        ggml_build_forward_expand(gf, out);
+        status = ggml_graph_compute_with_ctx(ctx, gf, a.n_threads) == GGML_STATUS_SUCCESS ? RWKV_STATUS_OK
+                                                                                            : RWKV_STATUS_ERROR_COMPUTE;
+    }
+    if (status == RWKV_STATUS_OK) {
+        std::memcpy(a.out, out->data, ggml_nbytes(out));
+        if (side != nullptr) std::memcpy(a.side_out, side->data, ggml_nbytes(side));
+    }
+    ggml_free(ctx);
+    return status;
 }
 
 }  // namespace
@@ -93,6 +247,18 @@ rwkv_status rwkv_testing_packed_matmul(int ggml_type_id, const float * w, int64_
         return RWKV_STATUS_OK;
     } catch (const Error & e) {
         return e.status();
+    } catch (const std::bad_alloc &) {
+        return RWKV_STATUS_ERROR_ALLOC;
+    }
+}
+
+rwkv_status rwkv_testing_run_op(int op, const rwkv_testing_op_args * args) {
+    std::vector<OpInput> spec;
+    if (args == nullptr || !op_args_valid(op, *args, spec)) {
+        return RWKV_STATUS_ERROR_INVALID_ARGUMENT;
+    }
+    try {
+        return run_op(op, *args, spec);
     } catch (const std::bad_alloc &) {
         return RWKV_STATUS_ERROR_ALLOC;
     }

@@ -5,24 +5,12 @@ packing."""
 
 import numpy as np
 import pytest
-from cffi import FFI
 
 import rwkv_cpp
-from rwkv_cpp._lib import _library_path
 from rwkv_cpp.convert import convert_state_dict, make_rwkv4_state_dict
 from rwkv_cpp.quantize import quantize
 
-_ffi = FFI()
-_ffi.cdef(
-    """
-    int rwkv_testing_packed_matmul(int ggml_type, const float * w, int64_t rows, int64_t cols,
-                                   const float * x, int64_t n_tokens, int mode, float * y, float * w_dequant);
-    int rwkv_testing_cpu_runs(int kernels);
-    size_t rwkv_testing_quantized_column_bytes(int64_t cols);
-    int rwkv_testing_quantize_activation(const float * x, int64_t cols, int64_t n_tokens, int kernels, uint8_t * out);
-    """
-)
-_lib = _ffi.dlopen(_library_path())
+from _testing_lib import ffi, lib as _lib, ptr as _ptr
 
 # ggml_type ids (ggml.h)
 GGML_TYPES = {"F16": 1, "Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8}
@@ -41,17 +29,13 @@ SIMD_SETS = [_simd("avx2", AVX2), _simd("avx512", AVX512)]
 SHAPES = [(1, 32, 1), (15, 64, 3), (16, 96, 2), (17, 128, 5), (50, 768, 7), (33, 320, 13)]
 
 
-def _ptr(a, ctype="float *"):
-    return _ffi.cast(ctype, _ffi.from_buffer(a))
-
-
 def _matmul(kind, w, x, mode, want_dequant=False):
     rows, cols = w.shape
     y = np.zeros((x.shape[0], rows), np.float32)
     wd = np.zeros_like(w) if want_dequant else None
     status = _lib.rwkv_testing_packed_matmul(
         GGML_TYPES[kind], _ptr(w), rows, cols, _ptr(x), x.shape[0], mode, _ptr(y),
-        _ptr(wd) if wd is not None else _ffi.NULL,
+        _ptr(wd) if wd is not None else ffi.NULL,
     )
     assert status == 0
     return (y, wd) if want_dequant else y
@@ -123,10 +107,10 @@ def test_bad_arguments_are_refused():
     w, x = _case(4, 48, 1, seed=0)  # 48 columns: not a whole number of blocks
     y = np.zeros((1, 4), np.float32)
     assert _lib.rwkv_testing_packed_matmul(GGML_TYPES["Q8_0"], _ptr(w), 4, 48, _ptr(x), 1, REFERENCE, _ptr(y),
-                                           _ffi.NULL) != 0
-    assert _lib.rwkv_testing_packed_matmul(0, _ptr(w), 4, 48, _ptr(x), 1, REFERENCE, _ptr(y), _ffi.NULL) != 0
+                                           ffi.NULL) != 0
+    assert _lib.rwkv_testing_packed_matmul(0, _ptr(w), 4, 48, _ptr(x), 1, REFERENCE, _ptr(y), ffi.NULL) != 0
     w, x = _case(4, 64, 1, seed=0)
-    assert _lib.rwkv_testing_packed_matmul(GGML_TYPES["Q8_0"], _ptr(w), 4, 64, _ptr(x), 1, 7, _ptr(y), _ffi.NULL) != 0
+    assert _lib.rwkv_testing_packed_matmul(GGML_TYPES["Q8_0"], _ptr(w), 4, 64, _ptr(x), 1, 7, _ptr(y), ffi.NULL) != 0
 
 
 # ---- whole models ---------------------------------------------------------
