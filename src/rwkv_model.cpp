@@ -239,7 +239,7 @@ std::unique_ptr<Model> Model::load(const std::string & path, const rwkv_model_pa
     }
     m->log_.log(RWKV_LOG_LEVEL_INFO, "loaded '%s': RWKV-%s, n_vocab %u, n_embed %u, n_layer %u, %s",
                 path.c_str(), m->hp_.version.c_str(), m->hp_.n_vocab, m->hp_.n_embed, m->hp_.n_layer,
-                rwkv_type_str(m->hp_.file_type));
+                type_name(m->hp_.file_type));
     return m;
 }
 
