@@ -39,6 +39,14 @@ RWKV_API size_t rwkv_testing_quantized_column_bytes(int64_t cols);
 RWKV_API enum rwkv_status rwkv_testing_quantize_activation(const float * x, int64_t cols, int64_t n_tokens,
                                                            int kernels, uint8_t * out);
 
+/* Builds the evaluation graph of the model file at path (default load
+ * parameters) for n_tokens tokens and logits mode 0 (none), 1 (last token)
+ * or 2 (every token), and writes the names of its nodes, in order, joined
+ * by '\n' and NUL-terminated, into buf (truncated to size).  Returns the
+ * bytes the whole text needs (NUL included), 0 on failure. */
+RWKV_API size_t rwkv_testing_graph_node_names(const char * path, uint32_t n_tokens, int logits, char * buf,
+                                              size_t size);
+
 #ifdef __cplusplus
 }
 #endif
