@@ -110,6 +110,9 @@ enum rwkv_type rwkv_model_type(const struct rwkv_model * m) { return m->impl->hp
 size_t rwkv_model_state_len(const struct rwkv_model * m) { return m->impl->state_len(); }
 size_t rwkv_model_logits_len(const struct rwkv_model * m) { return m->impl->hparams().n_vocab; }
 size_t rwkv_model_packed_bytes(const struct rwkv_model * m) { return m->impl->packed_bytes(); }
+const char * rwkv_model_packed_kernels_name(const struct rwkv_model * m) {
+    return rwkv::packed_isa_name(m->impl->packed_kernels());
+}
 
 enum rwkv_status rwkv_state_init(const struct rwkv_model * model, float * state, size_t n_state) {
     if (model == nullptr || state == nullptr || n_state != model->impl->state_len()) {

@@ -49,6 +49,7 @@ rwkv_model_params default_model_params() {
     rwkv_model_params p;
     p.use_mmap = true;
     p.repack = true;
+    p.packed_isa = RWKV_PACKED_ISA_AUTO;
     p.log_callback = nullptr;
     p.log_user_data = nullptr;
     return p;
