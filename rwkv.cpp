@@ -71,38 +71,15 @@ const char * rwkv_status_str(enum rwkv_status status) {
     return "unknown status";
 }
 
-const char * rwkv_type_str(enum rwkv_type type) {
-    switch (type) {
-        case RWKV_TYPE_FP32: return "FP32";
-        case RWKV_TYPE_FP16: return "FP16";
-        case RWKV_TYPE_Q8_0: return "Q8_0";
-        case RWKV_TYPE_Q5_0: return "Q5_0";
-        case RWKV_TYPE_Q5_1: return "Q5_1";
-        case RWKV_TYPE_Q4_0: return "Q4_0";
-        case RWKV_TYPE_Q4_1: return "Q4_1";
-    }
-    return "unknown";
-}
+const char * rwkv_type_str(enum rwkv_type type) { return rwkv::type_name(type); }
 
 bool rwkv_packed_kernels_available(void) { return rwkv::packed_kernels_available(); }
 
 const char * rwkv_packed_kernels_name(void) { return rwkv::packed_isa_name(rwkv::packed_isa()); }
 
-struct rwkv_model_params rwkv_model_default_params(void) {
-    rwkv_model_params p;
-    p.use_mmap = true;
-    p.repack = true;
-    p.log_callback = nullptr;
-    p.log_user_data = nullptr;
-    return p;
-}
+struct rwkv_model_params rwkv_model_default_params(void) { return rwkv::default_model_params(); }
 
-struct rwkv_context_params rwkv_context_default_params(void) {
-    rwkv_context_params p;
-    p.n_threads = 0;
-    p.max_chunk_tokens = 0;
-    return p;
-}
+struct rwkv_context_params rwkv_context_default_params(void) { return rwkv::default_context_params(); }
 
 enum rwkv_status rwkv_model_load(const char * path, struct rwkv_model_params params, struct rwkv_model ** out_model,
                                  char * error_buf, size_t error_buf_size) {
@@ -133,6 +110,9 @@ enum rwkv_type rwkv_model_type(const struct rwkv_model * m) { return m->impl->hp
 size_t rwkv_model_state_len(const struct rwkv_model * m) { return m->impl->state_len(); }
 size_t rwkv_model_logits_len(const struct rwkv_model * m) { return m->impl->hparams().n_vocab; }
 size_t rwkv_model_packed_bytes(const struct rwkv_model * m) { return m->impl->packed_bytes(); }
+const char * rwkv_model_packed_kernels_name(const struct rwkv_model * m) {
+    return rwkv::packed_isa_name(m->impl->packed_kernels());
+}
 
 enum rwkv_status rwkv_state_init(const struct rwkv_model * model, float * state, size_t n_state) {
     if (model == nullptr || state == nullptr || n_state != model->impl->state_len()) {
@@ -196,17 +176,7 @@ enum rwkv_status rwkv_eval_sequence_all_logits(struct rwkv_context * ctx, const 
     });
 }
 
-struct rwkv_quantize_params rwkv_quantize_default_params(void) {
-    rwkv_quantize_params p;
-    p.n_threads = 0;
-    p.quantize_head = false;
-    p.quantize_emb = false;
-    p.progress_callback = nullptr;
-    p.progress_user_data = nullptr;
-    p.error_buf = nullptr;
-    p.error_buf_size = 0;
-    return p;
-}
+struct rwkv_quantize_params rwkv_quantize_default_params(void) { return rwkv::default_quantize_params(); }
 
 enum rwkv_status rwkv_quantize(const char * in, const char * out, enum rwkv_type type,
                                const struct rwkv_quantize_params * params) {

@@ -70,6 +70,15 @@ enum rwkv_log_level {
     RWKV_LOG_LEVEL_ERROR = 3
 };
 
+/* Instruction sets of the library's own matrix kernels, in increasing
+ * order (rwkv_model_params.packed_isa; docs/KERNELS.md). */
+enum rwkv_packed_isa {
+    RWKV_PACKED_ISA_AUTO = 0,        /* the best this CPU has                  */
+    RWKV_PACKED_ISA_NONE = 1,        /* none: ggml's kernels (= repack false)  */
+    RWKV_PACKED_ISA_AVX2 = 2,
+    RWKV_PACKED_ISA_AVX512_VNNI = 3
+};
+
 typedef void (*rwkv_log_callback)(enum rwkv_log_level level, const char * text, void * user_data);
 
 struct rwkv_model;
@@ -83,6 +92,11 @@ struct rwkv_model_params {
      * Costs a copy of those matrices at load, whose mapped pages are then
      * released; false keeps every weight in the file's pages (ggml kernels). */
     bool repack;
+    /* The most capable packed kernels the model may use (default AUTO: the
+     * best this CPU has).  A set this CPU lacks falls back to the best one
+     * below it that it has (rwkv_model_packed_kernels_name says which runs);
+     * a value outside the enum fails with RWKV_STATUS_ERROR_INVALID_ARGUMENT. */
+    enum rwkv_packed_isa packed_isa;
     rwkv_log_callback log_callback; /* NULL: the library stays silent                    */
     void * log_user_data;
 };
@@ -110,10 +124,12 @@ RWKV_API const char * rwkv_type_str(enum rwkv_type type);
 RWKV_API struct rwkv_model_params rwkv_model_default_params(void);
 
 /* Whether this CPU runs the library's own matrix kernels (AVX-512 VNNI or
- * AVX2; the variable RWKV_CPP_PACKED_ISA=avx2|none caps the choice), i.e.
- * whether rwkv_model_params.repack takes effect (checked at run time). */
+ * AVX2, checked at run time), i.e. whether rwkv_model_params.repack takes
+ * effect.  A debugging override, the environment variable
+ * RWKV_CPP_PACKED_ISA=avx2|none read once per process, caps the kernels of
+ * every model below what the CPU and packed_isa allow (it never raises them). */
 RWKV_API bool rwkv_packed_kernels_available(void);
-/* Their instruction set: "AVX-512 VNNI", "AVX2" or "none". */
+/* The best of them (what RWKV_PACKED_ISA_AUTO picks): "AVX-512 VNNI", "AVX2" or "none". */
 RWKV_API const char * rwkv_packed_kernels_name(void);
 
 RWKV_API struct rwkv_context_params rwkv_context_default_params(void);
@@ -145,6 +161,10 @@ RWKV_API size_t rwkv_model_logits_len(const struct rwkv_model * model);
 /* Bytes of the matrices laid out for the packed kernels at load (0 when
  * rwkv_model_params.repack was false or this CPU has no packed kernels). */
 RWKV_API size_t rwkv_model_packed_bytes(const struct rwkv_model * model);
+/* The packed kernels this model runs: "AVX-512 VNNI", "AVX2", or "none" when
+ * it packed no matrix (repack false, packed_isa NONE, a CPU without them, or
+ * no F16 or quantized matrix). */
+RWKV_API const char * rwkv_model_packed_kernels_name(const struct rwkv_model * model);
 
 /* Writes the initial state (v4: zeros, and -1e30 in the max-exponent slots;
  * v5, v6, v7: zeros).  Layouts: docs/FORMAT.md. */

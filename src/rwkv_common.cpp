@@ -45,6 +45,48 @@ void Logger::log(rwkv_log_level level, const char * fmt, ...) const {
     callback(level, s.c_str(), user_data);
 }
 
+rwkv_model_params default_model_params() {
+    rwkv_model_params p;
+    p.use_mmap = true;
+    p.repack = true;
+    p.packed_isa = RWKV_PACKED_ISA_AUTO;
+    p.log_callback = nullptr;
+    p.log_user_data = nullptr;
+    return p;
+}
+
+rwkv_context_params default_context_params() {
+    rwkv_context_params p;
+    p.n_threads = 0;
+    p.max_chunk_tokens = 0;
+    return p;
+}
+
+rwkv_quantize_params default_quantize_params() {
+    rwkv_quantize_params p;
+    p.n_threads = 0;
+    p.quantize_head = false;
+    p.quantize_emb = false;
+    p.progress_callback = nullptr;
+    p.progress_user_data = nullptr;
+    p.error_buf = nullptr;
+    p.error_buf_size = 0;
+    return p;
+}
+
+const char * type_name(rwkv_type type) {
+    switch (type) {
+        case RWKV_TYPE_FP32: return "FP32";
+        case RWKV_TYPE_FP16: return "FP16";
+        case RWKV_TYPE_Q8_0: return "Q8_0";
+        case RWKV_TYPE_Q5_0: return "Q5_0";
+        case RWKV_TYPE_Q5_1: return "Q5_1";
+        case RWKV_TYPE_Q4_0: return "Q4_0";
+        case RWKV_TYPE_Q4_1: return "Q4_1";
+    }
+    return "unknown";
+}
+
 uint64_t checked_mul(uint64_t a, uint64_t b, const char * what) {
     if (a != 0 && b > UINT64_MAX / a) {
         fail(RWKV_STATUS_ERROR_FILE_FORMAT, "%s overflows (%llu x %llu)", what,

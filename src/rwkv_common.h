@@ -41,6 +41,15 @@ struct Logger {
     void log(rwkv_log_level level, const char * fmt, ...) const RWKV_PRINTF_LIKE(3, 4);
 };
 
+// The defaults of the C API's parameter structs (rwkv.cpp forwards to these,
+// so that no layer below it calls back into the API).
+rwkv_model_params default_model_params();
+rwkv_context_params default_context_params();
+rwkv_quantize_params default_quantize_params();
+
+// "FP32", "FP16", "Q8_0", ... ("unknown" for a value outside the enum).
+const char * type_name(rwkv_type type);
+
 // a * b, failing instead of wrapping around (sizes read from files).
 uint64_t checked_mul(uint64_t a, uint64_t b, const char * what);
 

@@ -8,7 +8,6 @@
 
 #include <cstdint>
 #include <memory>
-#include <string>
 #include <vector>
 
 struct ggml_backend;
@@ -32,7 +31,6 @@ public:
               float * logits_out, size_t n_logits, bool all_logits);
 
     const Model & model() const { return model_; }
-    std::string last_error;
 
 private:
     CachedGraph & graph_for(uint32_t n_tokens, LogitsMode logits);

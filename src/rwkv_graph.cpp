@@ -2,6 +2,7 @@
 // file's metadata by the loader, never guessed here).
 #include "rwkv_graph.h"
 
+#include "rwkv_graph_common.h"
 #include "rwkv_model.h"
 
 namespace rwkv {
@@ -29,11 +30,12 @@ size_t graph_max_nodes(const Model & model) {
 }
 
 void build_graph(ggml_context * ctx, ggml_cgraph * gf, const Model & model, GraphIO & io, LogitsMode logits) {
+    GraphBuilder b(ctx, gf, model, io, logits);
     switch (model.hparams().arch) {
-        case Arch::V4: build_graph_v4(ctx, gf, model, io, logits); return;
-        case Arch::V5: build_graph_v5(ctx, gf, model, io, logits); return;
-        case Arch::V6: build_graph_v6(ctx, gf, model, io, logits); return;
-        case Arch::V7: build_graph_v7(ctx, gf, model, io, logits); return;
+        case Arch::V4: build_graph_v4(b); return;
+        case Arch::V5: build_graph_v5(b); return;
+        case Arch::V6: build_graph_v6(b); return;
+        case Arch::V7: build_graph_v7(b); return;
     }
     fail(RWKV_STATUS_ERROR_UNSUPPORTED, "no graph builder for this architecture");
 }

@@ -11,6 +11,7 @@ struct ggml_tensor;
 
 namespace rwkv {
 
+class GraphBuilder;
 class Model;
 
 // Inputs and outputs of an evaluation graph.  tokens, state_in and state_out
@@ -28,13 +29,15 @@ enum class LogitsMode { NONE, LAST, ALL };
 // Upper bound of graph nodes for a model, for sizing the graph.
 size_t graph_max_nodes(const Model & model);
 
-void build_graph_v4(ggml_context * ctx, ggml_cgraph * gf, const Model & model, GraphIO & io, LogitsMode logits);
-void build_graph_v5(ggml_context * ctx, ggml_cgraph * gf, const Model & model, GraphIO & io, LogitsMode logits);
-void build_graph_v6(ggml_context * ctx, ggml_cgraph * gf, const Model & model, GraphIO & io, LogitsMode logits);
-void build_graph_v7(ggml_context * ctx, ggml_cgraph * gf, const Model & model, GraphIO & io, LogitsMode logits);
+// The graph of each version, over the builder of rwkv_graph_common.h.
+void build_graph_v4(GraphBuilder & b);
+void build_graph_v5(GraphBuilder & b);
+void build_graph_v6(GraphBuilder & b);
+void build_graph_v7(GraphBuilder & b);
 
 // The graph of the model's version (rwkv_graph.cpp): the one entry point of
-// the context layer.
+// the context layer.  io.tokens, io.state_in and io.state_out must exist
+// (io.tokens gives the number of tokens); every node is named.
 void build_graph(ggml_context * ctx, ggml_cgraph * gf, const Model & model, GraphIO & io, LogitsMode logits);
 
 }  // namespace rwkv

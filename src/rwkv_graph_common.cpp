@@ -1,6 +1,5 @@
 #include "rwkv_graph_common.h"
 
-#include "rwkv_graph.h"
 #include "rwkv_model.h"
 #include "rwkv_ops.h"
 #include "rwkv_packed.h"
@@ -8,82 +7,107 @@
 #include "ggml.h"
 
 namespace rwkv {
-namespace blocks {
 
-ggml_tensor * matmul(ggml_context * ctx, const Model & m, ggml_tensor * w, ggml_tensor * x) {
-    const PackedMatrix * p = m.packed(w);
-    return p != nullptr ? packed_mul_mat(ctx, *p, x) : ggml_mul_mat(ctx, w, x);
+GraphBuilder::GraphBuilder(ggml_context * ctx_, ggml_cgraph * gf_, const Model & model_, GraphIO & io_,
+                           LogitsMode logits_)
+    : ctx(ctx_), gf(gf_), model(model_), hp(model_.hparams()), io(io_), logits(logits_),
+      n_tokens(io_.tokens->ne[0]) {
+    name(io.tokens, "tokens", NO_LAYER);
+    name(io.state_in, "state_in", NO_LAYER);
+    name(io.state_out, "state_out", NO_LAYER);
 }
 
-ggml_tensor * layer_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, ggml_tensor * b, float eps) {
-    return ggml_add(ctx, ggml_mul(ctx, ggml_norm(ctx, x, eps), w), b);
+ggml_tensor * GraphBuilder::name(ggml_tensor * t, const std::string & what, int il) const {
+    if (il == NO_LAYER) {
+        ggml_set_name(t, what.c_str());
+    } else {
+        ggml_format_name(t, "%s.%d", what.c_str(), il);
+    }
+    return t;
 }
 
-ggml_tensor * state_view(ggml_context * ctx, ggml_tensor * state, size_t offset, int64_t n) {
-    return ggml_view_1d(ctx, state, n, offset * sizeof(float));
+void GraphBuilder::keep(ggml_tensor * t) const { ggml_build_forward_expand(gf, t); }
+
+ggml_tensor * GraphBuilder::matmul(ggml_tensor * w, ggml_tensor * x, const std::string & what, int il) const {
+    const PackedMatrix * p = model.packed(w);
+    if (p == nullptr) {
+        return name(ggml_mul_mat(ctx, w, x), what, il);
+    }
+    ggml_tensor * y = name(packed_mul_mat(ctx, *p, x), what, il);
+    // The packed product's own input nodes (rwkv_packed.h), each the first
+    // source of the next: a contiguous copy of x, its 8-bit quantization.
+    for (ggml_tensor * s = y->src[0]; s != x; s = s->src[0]) {
+        name(s, what + (s->type == GGML_TYPE_I8 ? "_q8" : "_cont"), il);
+    }
+    return y;
 }
 
-ggml_tensor * last_column(ggml_context * ctx, ggml_tensor * x) {
-    return ggml_view_1d(ctx, x, x->ne[0], (x->ne[1] - 1) * x->nb[1]);
+ggml_tensor * GraphBuilder::layer_norm(ggml_tensor * x, NormWeights ln, const std::string & what, int il) const {
+    ggml_tensor * standard = name(ggml_norm(ctx, x, hp.ln_eps), what + "_std", il);
+    return name(ggml_add(ctx, name(ggml_mul(ctx, standard, ln.w), what + "_scaled", il), ln.b), what, il);
 }
 
-void store(ggml_context * ctx, ggml_cgraph * gf, ggml_tensor * src, ggml_tensor * state_out, size_t offset) {
-    ggml_build_forward_expand(gf, ggml_cpy(ctx, src, state_view(ctx, state_out, offset, ggml_nelements(src))));
+ggml_tensor * GraphBuilder::state_in(size_t offset, int64_t n, const std::string & slot, int il) const {
+    return name(ggml_view_1d(ctx, io.state_in, n, offset * sizeof(float)), slot + "_in", il);
 }
 
-ggml_tensor * embed(ggml_context * ctx, const Model & m, const GraphIO & io) {
-    const HParams & hp = m.hparams();
-    ggml_tensor * x = ggml_get_rows(ctx, m.emb, io.tokens);
+ggml_tensor * GraphBuilder::state_out(size_t offset, int64_t n, const std::string & slot, int il) const {
+    return name(ggml_view_1d(ctx, io.state_out, n, offset * sizeof(float)), slot + "_out", il);
+}
+
+void GraphBuilder::store(ggml_tensor * src, size_t offset, const std::string & slot, int il) const {
+    keep(name(ggml_cpy(ctx, src, state_out(offset, ggml_nelements(src), slot, il)), slot + "_store", il));
+}
+
+ggml_tensor * GraphBuilder::column_block(ggml_tensor * t, int64_t m, const std::string & what, int il) const {
+    return name(ggml_view_2d(ctx, t, t->ne[0], n_tokens, t->nb[1], m * n_tokens * t->nb[1]), what, il);
+}
+
+ggml_tensor * GraphBuilder::block(ggml_tensor * t, int64_t i, const std::string & what, int il) const {
+    return name(ggml_view_2d(ctx, t, t->ne[0], t->ne[1], t->nb[1], i * t->nb[2]), what, il);
+}
+
+ggml_tensor * GraphBuilder::embed() const {
+    ggml_tensor * x = name(ggml_get_rows(ctx, model.emb, io.tokens), "emb", NO_LAYER);
     if (!hp.emb_ln0_applied) {
         // F.layer_norm(emb[tokens], ..., ln0) in fp32, as rwkv.cpp computes it
-        x = layer_norm(ctx, x, m.ln0_w, m.ln0_b, hp.ln_eps);
+        x = layer_norm(x, {model.ln0_w, model.ln0_b}, "ln0", NO_LAYER);
     }
     return x;
 }
 
-void output_logits(ggml_context * ctx, ggml_cgraph * gf, const Model & m, ggml_tensor * x, GraphIO & io,
-                   LogitsMode logits) {
-    const HParams & hp = m.hparams();
+void GraphBuilder::output_logits(ggml_tensor * x) const {
     io.logits = nullptr;
     if (logits == LogitsMode::NONE) {
         return;
     }
     if (logits == LogitsMode::LAST) {
-        x = ggml_view_2d(ctx, x, hp.n_embed, 1, x->nb[1], (x->ne[1] - 1) * x->nb[1]);
+        x = name(ggml_view_2d(ctx, x, hp.n_embed, 1, x->nb[1], (x->ne[1] - 1) * x->nb[1]), "out_last", NO_LAYER);
     }
-    ggml_tensor * h = layer_norm(ctx, x, m.ln_out_w, m.ln_out_b, hp.ln_eps);
-    io.logits = blocks::matmul(ctx, m, m.head, h);
-    ggml_set_name(io.logits, "logits");
+    ggml_tensor * h = layer_norm(x, {model.ln_out_w, model.ln_out_b}, "ln_out", NO_LAYER);
+    io.logits = matmul(model.head, h, "logits", NO_LAYER);
     ggml_set_output(io.logits);
-    ggml_build_forward_expand(gf, io.logits);
+    keep(io.logits);
 }
 
-Shifted norm_shift(ggml_context * ctx, ggml_cgraph * gf, const Model & m, ggml_tensor * x, ggml_tensor * w,
-                   ggml_tensor * b, const GraphIO & io, size_t offset) {
-    const HParams & hp = m.hparams();
-    ggml_tensor * xx = layer_norm(ctx, x, w, b, hp.ln_eps);
-    store(ctx, gf, last_column(ctx, xx), io.state_out, offset);
-    return {xx, state_view(ctx, io.state_in, offset, hp.n_embed)};
+Shifted GraphBuilder::norm_shift(ggml_tensor * x, NormWeights ln, size_t offset, const std::string & part,
+                                 int il) const {
+    ggml_tensor * xx = layer_norm(x, ln, part + "_norm", il);
+    // xx[:, -1]: the last column
+    ggml_tensor * last = ggml_view_1d(ctx, xx, xx->ne[0], (xx->ne[1] - 1) * xx->nb[1]);
+    store(name(last, part + "_norm_last", il), offset, part + "_shift", il);
+    return {xx, state_in(offset, hp.n_embed, part + "_shift", il)};
 }
 
-ggml_tensor * column_block(ggml_context * ctx, ggml_tensor * t, int64_t m, int64_t T) {
-    return ggml_view_2d(ctx, t, t->ne[0], T, t->nb[1], m * T * t->nb[1]);
-}
-
-ggml_tensor * block(ggml_context * ctx, ggml_tensor * t, int64_t i) {
-    return ggml_view_2d(ctx, t, t->ne[0], t->ne[1], t->nb[1], i * t->nb[2]);
-}
-
-ggml_tensor * wkv_output(ggml_context * ctx, ggml_cgraph * gf, ggml_tensor * out, int64_t n_tokens,
-                         const GraphIO & io, size_t offset) {
+ggml_tensor * GraphBuilder::wkv_output(ggml_tensor * out, size_t offset, int il) const {
     const int64_t D = out->ne[0], n_state = D * (out->ne[1] - n_tokens);
-    store(ctx, gf, ggml_view_1d(ctx, out, n_state, n_tokens * out->nb[1]), io.state_out, offset);
-    return ggml_view_2d(ctx, out, D, n_tokens, out->nb[1], 0);
+    ggml_tensor * state = name(ggml_view_1d(ctx, out, n_state, n_tokens * out->nb[1]), "wkv_state_new", il);
+    store(state, offset, "wkv_state", il);
+    return name(ggml_view_2d(ctx, out, D, n_tokens, out->nb[1], 0), "wkv_y", il);
 }
 
-ggml_tensor * channel_mix_rkv(ggml_context * ctx, ggml_cgraph * gf, const Model & m, ggml_tensor * x,
-                              const FfnRKV & f, ggml_tensor * ln_w, ggml_tensor * ln_b, const GraphIO & io,
-                              size_t offset, MixForm form) {
+ggml_tensor * GraphBuilder::channel_mix_rkv(ggml_tensor * x, const FfnRKV & f, NormWeights ln2, size_t offset,
+                                            MixForm form, int il) const {
     ggml_tensor * const mu[] = {f.mix_k, f.mix_r};
     ggml_tensor * kx;
     ggml_tensor * rx;
@@ -91,23 +115,21 @@ ggml_tensor * channel_mix_rkv(ggml_context * ctx, ggml_cgraph * gf, const Model 
         // xx = F.layer_norm(x, ln2); sx = cat(state_xx, xx[:-1]);
         // kx, rx = xx * mix + sx * (1 - mix)   (one fused node, which also
         // writes xx[-1] into the output state)
-        const HParams & hp = m.hparams();
-        ggml_tensor * mixed = ln_shift_mix(ctx, x, ln_w, ln_b, state_view(ctx, io.state_in, offset, hp.n_embed),
-                                           state_view(ctx, io.state_out, offset, hp.n_embed), mu, 2, &hp.ln_eps);
-        ggml_build_forward_expand(gf, mixed);  // keep its state write even without a consumer
-        kx = column_block(ctx, mixed, 0, x->ne[1]);
-        rx = column_block(ctx, mixed, 1, x->ne[1]);
+        ggml_tensor * mixed = ln_shift_mix(ctx, x, ln2.w, ln2.b, state_in(offset, hp.n_embed, "ffn_shift", il),
+                                           state_out(offset, hp.n_embed, "ffn_shift", il), mu, 2, &hp.ln_eps);
+        keep(name(mixed, "ffn_mix", il));  // keep its state write even without a consumer
+        kx = column_block(mixed, 0, "ffn_kx", il);
+        rx = column_block(mixed, 1, "ffn_rx", il);
     } else {
         // v6: kx, rx = xx + (sx - xx) * maa
-        const Shifted s = norm_shift(ctx, gf, m, x, ln_w, ln_b, io, offset);
-        ggml_tensor * mixed = shift_mix(ctx, s.xx, s.x_prev, mu, 2, form);
-        kx = block(ctx, mixed, 0);
-        rx = block(ctx, mixed, 1);
+        const Shifted s = norm_shift(x, ln2, offset, "ffn", il);
+        ggml_tensor * mixed = name(shift_mix(ctx, s.xx, s.x_prev, mu, 2, form), "ffn_mix", il);
+        kx = block(mixed, 0, "ffn_kx", il);
+        rx = block(mixed, 1, "ffn_rx", il);
     }
     // vx = relu(kx @ kw) ** 2; x + sigmoid(rx @ rw) * (vx @ vw)   (fused ops)
-    ggml_tensor * vx = relu_sq(ctx, blocks::matmul(ctx, m, f.k, kx));
-    return gated_residual(ctx, x, blocks::matmul(ctx, m, f.r, rx), blocks::matmul(ctx, m, f.v, vx));
+    ggml_tensor * vx = name(relu_sq(ctx, matmul(f.k, kx, "ffn_k", il)), "ffn_k_sq", il);
+    return name(gated_residual(ctx, x, matmul(f.r, rx, "ffn_r", il), matmul(f.v, vx, "ffn_v", il)), "ffn_res", il);
 }
 
-}  // namespace blocks
 }  // namespace rwkv

@@ -1,10 +1,17 @@
-// Graph blocks shared by the builders of several RWKV versions: layer norm,
-// state slices, the embedding lookup and the output head.  Each function is
-// the ggml form of one line of the official PyTorch code (quoted above it).
+// The graph builder shared by every RWKV version (llama.cpp's
+// llm_graph_context in small): it carries what every block needs (the ggml
+// context and graph, the model, its hyper-parameters, the graph's inputs and
+// outputs) and names every node it creates "what.layer" ("att_norm.3",
+// "wkv.3", ...) or "what" outside the layers, so that a dump of the graph can
+// be read.  Its blocks are the ggml form of one line of the official PyTorch
+// code each (quoted above them).
 #pragma once
+
+#include "rwkv_graph.h"
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 struct ggml_context;
 struct ggml_cgraph;
@@ -14,35 +21,14 @@ namespace rwkv {
 
 class Model;
 struct FfnRKV;
-struct GraphIO;
-enum class LogitsMode;
+struct HParams;
 enum class MixForm;
 
-namespace blocks {
-
-// x @ w.T for a matrix w [out, in] (ggml [in, out]) and x [in, T]: the
-// packed kernel when the model packed w (rwkv_packed.h), else ggml's.
-ggml_tensor * matmul(ggml_context * ctx, const Model & m, ggml_tensor * w, ggml_tensor * x);
-
-// F.layer_norm(x, (D,), weight=w, bias=b, eps=eps), per column of x [D, T]
-ggml_tensor * layer_norm(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, ggml_tensor * b, float eps);
-
-// state[offset : offset + n] as a 1-D view.
-ggml_tensor * state_view(ggml_context * ctx, ggml_tensor * state, size_t offset, int64_t n);
-
-// x[:, -1]: the last column of a [D, T] tensor.
-ggml_tensor * last_column(ggml_context * ctx, ggml_tensor * x);
-
-// state_out[offset : offset + numel(src)] = src, as a graph output.
-void store(ggml_context * ctx, ggml_cgraph * gf, ggml_tensor * src, ggml_tensor * state_out, size_t offset);
-
-// x = emb[tokens]; the official loaders fold ln0 into emb (our converter
-// does too); files that keep ln0 (rwkv.cpp imports) apply it here.
-ggml_tensor * embed(ggml_context * ctx, const Model & m, const GraphIO & io);
-
-// x = F.layer_norm(x[-1] (or every x), ..., ln_out) @ head -> io.logits.
-void output_logits(ggml_context * ctx, ggml_cgraph * gf, const Model & m, ggml_tensor * x, GraphIO & io,
-                   LogitsMode logits);
+// The weight and bias of a layer norm.
+struct NormWeights {
+    ggml_tensor * w;
+    ggml_tensor * b;
+};
 
 // The input of a token-shift block: xx = F.layer_norm(x, ...) and the
 // state's x_prev of that block.
@@ -51,28 +37,70 @@ struct Shifted {
     ggml_tensor * x_prev;
 };
 
-// xx = F.layer_norm(x, ..., w, b); x_prev = state_in[offset : offset + D];
-// stores xx[-1] at state_out[offset] (the next call's x_prev).
-Shifted norm_shift(ggml_context * ctx, ggml_cgraph * gf, const Model & m, ggml_tensor * x, ggml_tensor * w,
-                   ggml_tensor * b, const GraphIO & io, size_t offset);
+class GraphBuilder {
+public:
+    GraphBuilder(ggml_context * ctx, ggml_cgraph * gf, const Model & model, GraphIO & io, LogitsMode logits);
 
-// Column block m (T columns) of a [D, n*T] tensor (the fused ln_shift_mix output).
-ggml_tensor * column_block(ggml_context * ctx, ggml_tensor * t, int64_t m, int64_t T);
+    // The layer index of nodes outside the layers (embedding, head).
+    static constexpr int NO_LAYER = -1;
 
-// Block i ([D, T]) of a [D, T, n] tensor.
-ggml_tensor * block(ggml_context * ctx, ggml_tensor * t, int64_t i);
+    ggml_context * const ctx;
+    ggml_cgraph * const gf;
+    const Model & model;
+    const HParams & hp;
+    GraphIO & io;
+    const LogitsMode logits;
+    const int64_t n_tokens;  // T: activations are [n_embed, T], one column per token
 
-// Splits a [D, T + N] WKV result (wkv5, wkv7): stores its new state
-// (columns T..) at state_out[offset] and returns its output columns [D, T].
-ggml_tensor * wkv_output(ggml_context * ctx, ggml_cgraph * gf, ggml_tensor * out, int64_t n_tokens,
-                         const GraphIO & io, size_t offset);
+    // Names t "what.il" ("what" for NO_LAYER) and returns it.
+    ggml_tensor * name(ggml_tensor * t, const std::string & what, int il) const;
 
-// Channel mixing with receptance (RWKV-4/5 ffn_one, RWKV-6 ffn_one_v6):
-//   kx, rx = mix(xx, sx, k), mix(xx, sx, r)      (form: v5 or v6 mix)
-//   x + sigmoid(rx @ rw) * (relu(kx @ kw) ** 2 @ vw)
-ggml_tensor * channel_mix_rkv(ggml_context * ctx, ggml_cgraph * gf, const Model & m, ggml_tensor * x,
-                              const FfnRKV & f, ggml_tensor * ln_w, ggml_tensor * ln_b, const GraphIO & io,
-                              size_t offset, MixForm form);
+    // Adds t to the graph even where nothing consumes it: the fused nodes
+    // that write their part of the new state as a side effect.
+    void keep(ggml_tensor * t) const;
 
-}  // namespace blocks
+    // x @ w.T for a matrix w [out, in] (ggml [in, out]) and x [in, T]: the
+    // packed kernel when the model packed w (rwkv_packed.h), else ggml's.
+    ggml_tensor * matmul(ggml_tensor * w, ggml_tensor * x, const std::string & what, int il) const;
+
+    // F.layer_norm(x, (D,), weight=ln.w, bias=ln.b, eps), per column of x [D, T]
+    ggml_tensor * layer_norm(ggml_tensor * x, NormWeights ln, const std::string & what, int il) const;
+
+    // The state slot [offset, offset + n) of the input state ("slot_in") and
+    // of the output state ("slot_out"), as 1-D views.
+    ggml_tensor * state_in(size_t offset, int64_t n, const std::string & slot, int il) const;
+    ggml_tensor * state_out(size_t offset, int64_t n, const std::string & slot, int il) const;
+
+    // state_out[offset : offset + numel(src)] = src, as a graph output ("slot_store").
+    void store(ggml_tensor * src, size_t offset, const std::string & slot, int il) const;
+
+    // Column block m (T columns) of a [D, n*T] tensor (the fused ln_shift_mix output).
+    ggml_tensor * column_block(ggml_tensor * t, int64_t m, const std::string & what, int il) const;
+
+    // Block i ([D, T]) of a [D, T, n] tensor.
+    ggml_tensor * block(ggml_tensor * t, int64_t i, const std::string & what, int il) const;
+
+    // x = emb[tokens]; the official loaders fold ln0 into emb (our converter
+    // does too); files that keep ln0 (rwkv.cpp imports) apply it here.
+    ggml_tensor * embed() const;
+
+    // x = F.layer_norm(x[-1] (or every x), ..., ln_out) @ head -> io.logits.
+    void output_logits(ggml_tensor * x) const;
+
+    // xx = F.layer_norm(x, ..., ln); x_prev = state_in[offset : offset + D];
+    // stores xx[-1] at state_out[offset] (the next call's x_prev).  part:
+    // "att" or "ffn", the prefix of the nodes' names.
+    Shifted norm_shift(ggml_tensor * x, NormWeights ln, size_t offset, const std::string & part, int il) const;
+
+    // Splits a [D, T + N] WKV result (wkv5, wkv7): stores its new state
+    // (columns T..) at state_out[offset] and returns its output columns [D, T].
+    ggml_tensor * wkv_output(ggml_tensor * out, size_t offset, int il) const;
+
+    // Channel mixing with receptance (RWKV-4/5 ffn_one, RWKV-6 ffn_one_v6):
+    //   kx, rx = mix(xx, sx, k), mix(xx, sx, r)      (form: v5 or v6 mix)
+    //   x + sigmoid(rx @ rw) * (relu(kx @ kw) ** 2 @ vw)
+    ggml_tensor * channel_mix_rkv(ggml_tensor * x, const FfnRKV & f, NormWeights ln2, size_t offset, MixForm form,
+                                  int il) const;
+};
+
 }  // namespace rwkv

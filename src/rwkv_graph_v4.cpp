@@ -13,52 +13,48 @@ namespace rwkv {
 
 namespace {
 
-using blocks::column_block;
-using blocks::state_view;
-
-// Time mixing (attention) of one layer; returns x + att(x).
-ggml_tensor * time_mixing(ggml_context * ctx, ggml_cgraph * gf, const Model & m, uint32_t il, ggml_tensor * x,
-                          GraphIO & io) {
-    const LayerV4 & l = m.layers[il];
-    const HParams & hp = m.hparams();
-    const int64_t T = x->ne[1];
+// Time mixing (attention) of layer il; returns x + att(x).
+ggml_tensor * time_mixing(const GraphBuilder & b, const LayerV4 & l, int il, ggml_tensor * x) {
+    const Model & m = b.model;
+    const int64_t D = b.hp.n_embed, A = b.hp.n_att;
     // xx = F.layer_norm(x, ln1); sx = cat(state_xx, xx[:-1]);
     // kx, vx, rx = xx * time_mix_{k,v,r} + sx * (1 - time_mix_{k,v,r})   (one fused node)
     ggml_tensor * mixes[] = {l.att_mix_k, l.att_mix_v, l.att_mix_r};
     const size_t xx_off = m.v4_state_offset(il, V4_ATT_XX);
-    ggml_tensor * kvr = ln_shift_mix(ctx, x, l.ln1_w, l.ln1_b, state_view(ctx, io.state_in, xx_off, hp.n_embed),
-                                     state_view(ctx, io.state_out, xx_off, hp.n_embed), mixes, 3, &hp.ln_eps);
+    ggml_tensor * kvr = b.name(ln_shift_mix(b.ctx, x, l.ln1_w, l.ln1_b, b.state_in(xx_off, D, "att_shift", il),
+                                            b.state_out(xx_off, D, "att_shift", il), mixes, 3, &b.hp.ln_eps),
+                               "att_mix", il);
     // k = kx @ kw; v = vx @ vw; r = rx @ rw
-    ggml_tensor * k = blocks::matmul(ctx, m, l.att_k, column_block(ctx, kvr, 0, T));
-    ggml_tensor * v = blocks::matmul(ctx, m, l.att_v, column_block(ctx, kvr, 1, T));
-    ggml_tensor * r = blocks::matmul(ctx, m, l.att_r, column_block(ctx, kvr, 2, T));
+    ggml_tensor * k = b.matmul(l.att_k, b.column_block(kvr, 0, "att_kx", il), "att_k", il);
+    ggml_tensor * v = b.matmul(l.att_v, b.column_block(kvr, 1, "att_vx", il), "att_v", il);
+    ggml_tensor * r = b.matmul(l.att_r, b.column_block(kvr, 2, "att_rx", il), "att_r", il);
     // sigmoid(r) * wkv, and the new (aa, bb, pp): the max-exponent recurrence
     const size_t aa_off = m.v4_state_offset(il, V4_ATT_AA);
-    ggml_tensor * rwkv = wkv4_gated(ctx, k, v, r, l.att_first, l.att_decay,
-                                    state_view(ctx, io.state_in, aa_off, 3 * hp.n_att),
-                                    state_view(ctx, io.state_out, aa_off, 3 * hp.n_att));
+    ggml_tensor * rwkv = b.name(wkv4_gated(b.ctx, k, v, r, l.att_first, l.att_decay,
+                                           b.state_in(aa_off, 3 * A, "wkv_state", il),
+                                           b.state_out(aa_off, 3 * A, "wkv_state", il)),
+                                "wkv", il);
     // The fused nodes write the new state as a side effect: keep them in the
     // graph even where nothing consumes their output.
-    ggml_build_forward_expand(gf, kvr);
-    ggml_build_forward_expand(gf, rwkv);
+    b.keep(kvr);
+    b.keep(rwkv);
     // x + (sigmoid(r) * wkv) @ ow
-    return ggml_add(ctx, x, blocks::matmul(ctx, m, l.att_o, rwkv));
+    return b.name(ggml_add(b.ctx, x, b.matmul(l.att_o, rwkv, "att_out", il)), "att_res", il);
 }
 
 }  // namespace
 
-
-void build_graph_v4(ggml_context * ctx, ggml_cgraph * gf, const Model & m, GraphIO & io, LogitsMode logits) {
+void build_graph_v4(GraphBuilder & b) {
     // x = emb[tokens]  (ln0 folded into emb at conversion, or applied here)
-    ggml_tensor * x = blocks::embed(ctx, m, io);
-    for (uint32_t il = 0; il < m.hparams().n_layer; ++il) {
-        x = time_mixing(ctx, gf, m, il, x, io);
-        const LayerV4 & l = m.layers[il];
-        x = blocks::channel_mix_rkv(ctx, gf, m, x, l.ffn, l.ln2_w, l.ln2_b, io, m.v4_state_offset(il, V4_FFN_XX),
-                                    MixForm::WeightedSum);
+    ggml_tensor * x = b.embed();
+    for (uint32_t il = 0; il < b.hp.n_layer; ++il) {
+        const LayerV4 & l = b.model.layers[il];
+        x = time_mixing(b, l, il, x);
+        x = b.channel_mix_rkv(x, l.ffn, {l.ln2_w, l.ln2_b}, b.model.v4_state_offset(il, V4_FFN_XX),
+                              MixForm::WeightedSum, il);
     }
     // F.layer_norm(x[-1], ..., ln_out) @ head   (every x for ALL)
-    blocks::output_logits(ctx, gf, m, x, io, logits);
+    b.output_logits(x);
 }
 
 }  // namespace rwkv

@@ -15,46 +15,46 @@ namespace rwkv {
 
 namespace {
 
-// Time mixing of one layer; returns x + att(x).
-ggml_tensor * time_mixing(ggml_context * ctx, ggml_cgraph * gf, const Model & m, uint32_t il, ggml_tensor * x,
-                          GraphIO & io) {
-    const LayerV5 & l = m.layers_v5[il];
-    const HParams & hp = m.hparams();
-    const int64_t T = x->ne[1];
-    const blocks::Shifted s =
-        blocks::norm_shift(ctx, gf, m, x, l.att.ln1_w, l.att.ln1_b, io, m.wkv_state_offset(il, WKV_ATT_XX));
+// Time mixing of layer il; returns x + att(x).
+ggml_tensor * time_mixing(const GraphBuilder & b, const LayerV5 & l, int il, ggml_tensor * x) {
+    const HParams & hp = b.hp;
+    const Shifted s = b.norm_shift(x, {l.att.ln1_w, l.att.ln1_b}, b.model.wkv_state_offset(il, WKV_ATT_XX), "att", il);
     // kx, vx, rx, gx = xx * time_mix_{k,v,r,g} + sx * (1 - time_mix_{k,v,r,g})
     ggml_tensor * const mu[] = {l.mix_k, l.mix_v, l.mix_r, l.mix_g};
-    ggml_tensor * mixed = shift_mix(ctx, s.xx, s.x_prev, mu, hp.has_gate ? 4 : 3, MixForm::WeightedSum);
+    ggml_tensor * mixed =
+        b.name(shift_mix(b.ctx, s.xx, s.x_prev, mu, hp.has_gate ? 4 : 3, MixForm::WeightedSum), "att_mix", il);
     // r = rx @ rw; k = kx @ kw; v = vx @ vw   (no sigmoid on r from v5 on)
-    ggml_tensor * r = blocks::matmul(ctx, m, l.att.r, blocks::block(ctx, mixed, 2));
-    ggml_tensor * k = blocks::matmul(ctx, m, l.att.k, blocks::block(ctx, mixed, 0));
-    ggml_tensor * v = blocks::matmul(ctx, m, l.att.v, blocks::block(ctx, mixed, 1));
+    ggml_tensor * r = b.matmul(l.att.r, b.block(mixed, 2, "att_rx", il), "att_r", il);
+    ggml_tensor * k = b.matmul(l.att.k, b.block(mixed, 0, "att_kx", il), "att_k", il);
+    ggml_tensor * v = b.matmul(l.att.v, b.block(mixed, 1, "att_vx", il), "att_v", il);
     // out = GroupNorm(r @ (u * k @ v + s)); s = k @ v + w * s
-    const size_t s_off = m.wkv_state_offset(il, WKV_ATT_STATE);
-    ggml_tensor * state = blocks::state_view(ctx, io.state_in, s_off, int64_t(hp.n_embed) * hp.head_size);
-    ggml_tensor * out = wkv5(ctx, hp.n_head, hp.head_size, &hp.ln_x_eps, r, k, v, l.decay, nullptr, l.bonus,
-                             l.att.lnx_w, l.att.lnx_b, state);
-    ggml_tensor * y = blocks::wkv_output(ctx, gf, out, T, io, s_off);
+    const size_t s_off = b.model.wkv_state_offset(il, WKV_ATT_STATE);
+    ggml_tensor * state = b.state_in(s_off, int64_t(hp.n_embed) * hp.head_size, "wkv_state", il);
+    ggml_tensor * out =
+        b.name(wkv5(b.ctx, hp.n_head, hp.head_size, &hp.ln_x_eps, r, k, v, l.decay, nullptr, l.bonus, l.att.lnx_w,
+                    l.att.lnx_b, state),
+               "wkv", il);
+    ggml_tensor * y = b.wkv_output(out, s_off, il);
     if (hp.has_gate) {
         // out = out * F.silu(gx @ gw)
-        y = ggml_mul(ctx, y, ggml_silu(ctx, blocks::matmul(ctx, m, l.att.g, blocks::block(ctx, mixed, 3))));
+        ggml_tensor * g = b.matmul(l.att.g, b.block(mixed, 3, "att_gx", il), "att_g", il);
+        y = b.name(ggml_mul(b.ctx, y, b.name(ggml_silu(b.ctx, g), "att_g_silu", il)), "att_gated", il);
     }
     // x + out @ ow
-    return ggml_add(ctx, x, blocks::matmul(ctx, m, l.att.o, y));
+    return b.name(ggml_add(b.ctx, x, b.matmul(l.att.o, y, "att_out", il)), "att_res", il);
 }
 
 }  // namespace
 
-void build_graph_v5(ggml_context * ctx, ggml_cgraph * gf, const Model & m, GraphIO & io, LogitsMode logits) {
-    ggml_tensor * x = blocks::embed(ctx, m, io);
-    for (uint32_t il = 0; il < m.hparams().n_layer; ++il) {
-        const LayerV5 & l = m.layers_v5[il];
-        x = time_mixing(ctx, gf, m, il, x, io);
-        x = blocks::channel_mix_rkv(ctx, gf, m, x, l.ffn, l.att.ln2_w, l.att.ln2_b, io,
-                                    m.wkv_state_offset(il, WKV_FFN_XX), MixForm::WeightedSum);
+void build_graph_v5(GraphBuilder & b) {
+    ggml_tensor * x = b.embed();
+    for (uint32_t il = 0; il < b.hp.n_layer; ++il) {
+        const LayerV5 & l = b.model.layers_v5[il];
+        x = time_mixing(b, l, il, x);
+        x = b.channel_mix_rkv(x, l.ffn, {l.att.ln2_w, l.att.ln2_b}, b.model.wkv_state_offset(il, WKV_FFN_XX),
+                              MixForm::WeightedSum, il);
     }
-    blocks::output_logits(ctx, gf, m, x, io, logits);
+    b.output_logits(x);
 }
 
 }  // namespace rwkv

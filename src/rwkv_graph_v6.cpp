@@ -18,55 +18,70 @@ namespace {
 //   xxx = torch.tanh(xxx @ tm_w1).view(T, 5, -1).transpose(0, 1)
 //   mw, mk, mv, mr, mg = torch.bmm(xxx, tm_w2).view(5, T, -1)
 //   wx = xx + sx * (time_maa_w + mw), ...
-ggml_tensor * data_dependent_mix(ggml_context * ctx, const LayerV6 & l, const blocks::Shifted & s) {
-    const int64_t E = l.maa_w2->ne[0], T = s.xx->ne[1];
-    ggml_tensor * xxx = shift_mix(ctx, s.xx, s.x_prev, &l.maa_x, 1, MixForm::AddDelta);
-    ggml_tensor * lora = ggml_tanh(ctx, ggml_mul_mat(ctx, l.maa_w1, xxx));  // [5E, T] = (T, 5, E)
+ggml_tensor * data_dependent_mix(const GraphBuilder & b, const LayerV6 & l, int il, const Shifted & s) {
+    ggml_context * ctx = b.ctx;
+    const int64_t E = l.maa_w2->ne[0], T = b.n_tokens;
+    ggml_tensor * xxx = b.name(shift_mix(ctx, s.xx, s.x_prev, &l.maa_x, 1, MixForm::AddDelta), "att_maa_x", il);
+    ggml_tensor * h = b.name(ggml_mul_mat(ctx, l.maa_w1, xxx), "att_maa_w1", il);
+    ggml_tensor * lora = b.name(ggml_tanh(ctx, h), "att_maa_tanh", il);  // [5E, T] = (T, 5, E)
     // (T, 5, E) -> (5, T, E), i.e. ggml [E, T, 5], the batch of the bmm
-    ggml_tensor * batch = T == 1 ? ggml_reshape_3d(ctx, lora, E, 1, 5)
-                                 : ggml_cont(ctx, ggml_permute(ctx, ggml_reshape_3d(ctx, lora, E, 5, T), 0, 2, 1, 3));
-    ggml_tensor * mwkvrg = ggml_mul_mat(ctx, l.maa_w2, batch);  // maa_w2 stored (5, D, E): [D, T, 5]
-    return shift_mix_lora(ctx, s.xx, s.x_prev, mwkvrg, l.maa);
+    ggml_tensor * batch;
+    if (T == 1) {
+        batch = b.name(ggml_reshape_3d(ctx, lora, E, 1, 5), "att_maa_batch", il);
+    } else {
+        ggml_tensor * split = b.name(ggml_reshape_3d(ctx, lora, E, 5, T), "att_maa_split", il);
+        ggml_tensor * swapped = b.name(ggml_permute(ctx, split, 0, 2, 1, 3), "att_maa_swap", il);
+        batch = b.name(ggml_cont(ctx, swapped), "att_maa_batch", il);
+    }
+    // maa_w2 stored (5, D, E): [D, T, 5]
+    ggml_tensor * mwkvrg = b.name(ggml_mul_mat(ctx, l.maa_w2, batch), "att_maa_w2", il);
+    return b.name(shift_mix_lora(ctx, s.xx, s.x_prev, mwkvrg, l.maa), "att_mix", il);
 }
 
-// Time mixing of one layer; returns x + att(x).
-ggml_tensor * time_mixing(ggml_context * ctx, ggml_cgraph * gf, const Model & m, uint32_t il, ggml_tensor * x,
-                          GraphIO & io) {
-    const LayerV6 & l = m.layers_v6[il];
-    const HParams & hp = m.hparams();
-    const int64_t T = x->ne[1];
-    const blocks::Shifted s =
-        blocks::norm_shift(ctx, gf, m, x, l.att.ln1_w, l.att.ln1_b, io, m.wkv_state_offset(il, WKV_ATT_XX));
-    ggml_tensor * mixed = data_dependent_mix(ctx, l, s);  // wx, kx, vx, rx, gx
+// w = t_decay + tanh(wx @ td_w1) @ td_w2   (this returns the LoRA term;
+// exp(-exp(w)) is taken in wkv5)
+ggml_tensor * decay_lora(const GraphBuilder & b, const LayerV6 & l, int il, ggml_tensor * wx) {
+    ggml_tensor * h = b.name(ggml_mul_mat(b.ctx, l.decay_w1, wx), "att_decay_w1", il);
+    ggml_tensor * a = b.name(ggml_tanh(b.ctx, h), "att_decay_tanh", il);
+    return b.name(ggml_mul_mat(b.ctx, l.decay_w2, a), "att_decay_lora", il);
+}
+
+// Time mixing of layer il; returns x + att(x).
+ggml_tensor * time_mixing(const GraphBuilder & b, const LayerV6 & l, int il, ggml_tensor * x) {
+    const HParams & hp = b.hp;
+    const Shifted s = b.norm_shift(x, {l.att.ln1_w, l.att.ln1_b}, b.model.wkv_state_offset(il, WKV_ATT_XX), "att", il);
+    ggml_tensor * mixed = data_dependent_mix(b, l, il, s);  // wx, kx, vx, rx, gx
     // r = rx @ rw; k = kx @ kw; v = vx @ vw; g = F.silu(gx @ gw)
-    ggml_tensor * r = blocks::matmul(ctx, m, l.att.r, blocks::block(ctx, mixed, 3));
-    ggml_tensor * k = blocks::matmul(ctx, m, l.att.k, blocks::block(ctx, mixed, 1));
-    ggml_tensor * v = blocks::matmul(ctx, m, l.att.v, blocks::block(ctx, mixed, 2));
-    ggml_tensor * g = ggml_silu(ctx, blocks::matmul(ctx, m, l.att.g, blocks::block(ctx, mixed, 4)));
-    // w = t_decay + tanh(wx @ td_w1) @ td_w2   (exp(-exp(w)) is taken in wkv5)
-    ggml_tensor * w_lora =
-        ggml_mul_mat(ctx, l.decay_w2, ggml_tanh(ctx, ggml_mul_mat(ctx, l.decay_w1, blocks::block(ctx, mixed, 0))));
+    ggml_tensor * r = b.matmul(l.att.r, b.block(mixed, 3, "att_rx", il), "att_r", il);
+    ggml_tensor * k = b.matmul(l.att.k, b.block(mixed, 1, "att_kx", il), "att_k", il);
+    ggml_tensor * v = b.matmul(l.att.v, b.block(mixed, 2, "att_vx", il), "att_v", il);
+    ggml_tensor * g =
+        b.name(ggml_silu(b.ctx, b.matmul(l.att.g, b.block(mixed, 4, "att_gx", il), "att_g", il)), "att_g_silu", il);
+    ggml_tensor * w_lora = decay_lora(b, l, il, b.block(mixed, 0, "att_wx", il));
     // out = GroupNorm(r @ (u * k @ v + s)); s = k @ v + w * s
-    const size_t s_off = m.wkv_state_offset(il, WKV_ATT_STATE);
-    ggml_tensor * state = blocks::state_view(ctx, io.state_in, s_off, int64_t(hp.n_embed) * hp.head_size);
-    ggml_tensor * out = wkv5(ctx, hp.n_head, hp.head_size, &hp.ln_x_eps, r, k, v, l.decay, w_lora, l.bonus,
-                             l.att.lnx_w, l.att.lnx_b, state);
-    ggml_tensor * y = blocks::wkv_output(ctx, gf, out, T, io, s_off);
+    const size_t s_off = b.model.wkv_state_offset(il, WKV_ATT_STATE);
+    ggml_tensor * state = b.state_in(s_off, int64_t(hp.n_embed) * hp.head_size, "wkv_state", il);
+    ggml_tensor * out =
+        b.name(wkv5(b.ctx, hp.n_head, hp.head_size, &hp.ln_x_eps, r, k, v, l.decay, w_lora, l.bonus, l.att.lnx_w,
+                    l.att.lnx_b, state),
+               "wkv", il);
+    ggml_tensor * y = b.wkv_output(out, s_off, il);
     // x + (out * g) @ ow
-    return ggml_add(ctx, x, blocks::matmul(ctx, m, l.att.o, ggml_mul(ctx, y, g)));
+    ggml_tensor * gated = b.name(ggml_mul(b.ctx, y, g), "att_gated", il);
+    return b.name(ggml_add(b.ctx, x, b.matmul(l.att.o, gated, "att_out", il)), "att_res", il);
 }
 
 }  // namespace
 
-void build_graph_v6(ggml_context * ctx, ggml_cgraph * gf, const Model & m, GraphIO & io, LogitsMode logits) {
-    ggml_tensor * x = blocks::embed(ctx, m, io);
-    for (uint32_t il = 0; il < m.hparams().n_layer; ++il) {
-        const LayerV6 & l = m.layers_v6[il];
-        x = time_mixing(ctx, gf, m, il, x, io);
-        x = blocks::channel_mix_rkv(ctx, gf, m, x, l.ffn, l.att.ln2_w, l.att.ln2_b, io,
-                                    m.wkv_state_offset(il, WKV_FFN_XX), MixForm::AddDelta);
+void build_graph_v6(GraphBuilder & b) {
+    ggml_tensor * x = b.embed();
+    for (uint32_t il = 0; il < b.hp.n_layer; ++il) {
+        const LayerV6 & l = b.model.layers_v6[il];
+        x = time_mixing(b, l, il, x);
+        x = b.channel_mix_rkv(x, l.ffn, {l.att.ln2_w, l.att.ln2_b}, b.model.wkv_state_offset(il, WKV_FFN_XX),
+                              MixForm::AddDelta, il);
     }
-    blocks::output_logits(ctx, gf, m, x, io, logits);
+    b.output_logits(x);
 }
 
 }  // namespace rwkv

@@ -6,6 +6,7 @@
 #include "ggml-cpu.h"
 #include "ggml.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <mutex>
@@ -224,6 +225,23 @@ void add_ffn_rkv_specs(std::vector<TensorSpec> & specs, const std::string & p, c
     specs.insert(specs.end(), ffn.begin(), ffn.end());
 }
 
+// The kernels a model packs for: those asked for or, where this process
+// cannot run them (packed_isa(): the CPU's best, capped by the debugging
+// variable), the best below them that it can.
+PackedIsa packed_kernels_for(rwkv_packed_isa requested) {
+    PackedIsa want = PackedIsa::NONE;
+    switch (requested) {
+        case RWKV_PACKED_ISA_AUTO:
+        case RWKV_PACKED_ISA_AVX512_VNNI: want = PackedIsa::AVX512_VNNI; break;
+        case RWKV_PACKED_ISA_AVX2: want = PackedIsa::AVX2; break;
+        case RWKV_PACKED_ISA_NONE: want = PackedIsa::NONE; break;
+        default:
+            fail(RWKV_STATUS_ERROR_INVALID_ARGUMENT, "rwkv_model_params.packed_isa = %d is not a value of enum rwkv_packed_isa",
+                 static_cast<int>(requested));
+    }
+    return std::min(want, packed_isa());
+}
+
 }  // namespace
 
 std::unique_ptr<Model> Model::load(const std::string & path, const rwkv_model_params & params) {
@@ -234,12 +252,13 @@ std::unique_ptr<Model> Model::load(const std::string & path, const rwkv_model_pa
     m->read_hparams();
     m->bind_tensors();
     m->map_weights();
-    if (params.repack && packed_kernels_available()) {
-        m->pack_weights();
+    const PackedIsa isa = packed_kernels_for(params.packed_isa);
+    if (params.repack && isa != PackedIsa::NONE) {
+        m->pack_weights(isa);
     }
     m->log_.log(RWKV_LOG_LEVEL_INFO, "loaded '%s': RWKV-%s, n_vocab %u, n_embed %u, n_layer %u, %s",
                 path.c_str(), m->hp_.version.c_str(), m->hp_.n_vocab, m->hp_.n_embed, m->hp_.n_layer,
-                rwkv_type_str(m->hp_.file_type));
+                type_name(m->hp_.file_type));
     return m;
 }
 
@@ -477,7 +496,7 @@ void Model::map_weights() {
 // small LoRA matrices), packed on all CPUs into one buffer; their mapped
 // pages are dropped as packing goes, so resident memory stays about the
 // file size.
-void Model::pack_weights() {
+void Model::pack_weights(PackedIsa isa) {
     const auto t_start = std::chrono::steady_clock::now();
     std::vector<ggml_tensor *> todo;
     for (const TensorEntry & e : entries_) {
@@ -519,7 +538,7 @@ void Model::pack_weights() {
             const ggml_tensor * t = todo[i];
             try {
                 done[i].reset(new PackedMatrix(t->type, t->ne[1], t->ne[0], t->data,
-                                               packed_memory_.get() + offsets[i], release));
+                                               packed_memory_.get() + offsets[i], release, isa));
             } catch (const Error & e) {
                 record_failure(e.status(), e.what());
             } catch (const std::bad_alloc &) {
@@ -538,9 +557,10 @@ void Model::pack_weights() {
     for (size_t i = 0; i < todo.size(); ++i) {
         packed_.emplace(todo[i], std::move(done[i]));
     }
+    packed_isa_ = isa;
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     log_.log(RWKV_LOG_LEVEL_INFO, "packed %zu matrices (%.1f MiB) for the %s kernels in %.3f s", todo.size(),
-             offsets.back() / 1048576.0, packed_isa_name(packed_isa()), seconds);
+             offsets.back() / 1048576.0, packed_isa_name(isa), seconds);
 }
 
 size_t Model::packed_bytes() const {

@@ -172,6 +172,8 @@ public:
     // stays in ggml's layout (not packed, or packing off / unavailable).
     const PackedMatrix * packed(const ggml_tensor * t) const;
     size_t packed_bytes() const;
+    // The kernels of the packed matrices (NONE when none was packed).
+    PackedIsa packed_kernels() const { return packed_.empty() ? PackedIsa::NONE : packed_isa_; }
 
     ggml_tensor * emb = nullptr;
     ggml_tensor * ln0_w = nullptr;   // only when the file has ln0 not pre-applied
@@ -194,7 +196,7 @@ private:
     void bind_tensors_v6();
     void bind_tensors_v7();
     void map_weights();
-    void pack_weights();
+    void pack_weights(PackedIsa isa);
 
     HParams hp_;
     Logger log_;
@@ -203,6 +205,7 @@ private:
     ggml_backend_buffer * weights_ = nullptr;
     std::unordered_map<const ggml_tensor *, std::unique_ptr<PackedMatrix>> packed_;
     PackedBuffer packed_memory_;  // one buffer for every packed matrix
+    PackedIsa packed_isa_ = PackedIsa::NONE;
 };
 
 }  // namespace rwkv

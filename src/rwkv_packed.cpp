@@ -237,8 +237,8 @@ size_t PackedMatrix::packed_bytes(ggml_type type, int64_t n_rows, int64_t n_cols
 }
 
 PackedMatrix::PackedMatrix(ggml_type type, int64_t n_rows, int64_t n_cols, const void * data, uint8_t * storage,
-                           const Release & release)
-    : type_(type), n_rows_(n_rows), n_cols_(n_cols), n_groups_((n_rows + PACK_ROWS - 1) / PACK_ROWS) {
+                           const Release & release, PackedIsa kernels)
+    : type_(type), kernels_(kernels), n_rows_(n_rows), n_cols_(n_cols), n_groups_((n_rows + PACK_ROWS - 1) / PACK_ROWS) {
     if (!packable(type, n_cols) || n_rows <= 0) {
         fail(RWKV_STATUS_ERROR_UNSUPPORTED, "cannot pack a %s matrix of %lld columns", ggml_type_name(type),
              static_cast<long long>(n_cols));
@@ -357,13 +357,15 @@ void quantize_blocks(const float * x, int64_t x_stride, int64_t n_cols, int64_t 
 
 namespace {
 
-// dst i8 [quantized_column_bytes, T]; src 0: x f32 [K, T].
-void quantize_compute(ggml_tensor * dst, int ith, int nth, void *) {
+// dst i8 [quantized_column_bytes, T]; src 0: x f32 [K, T]; userdata: the
+// PackedMatrix that takes it (whose kernels quantize).
+void quantize_compute(ggml_tensor * dst, int ith, int nth, void * userdata) {
+    const PackedMatrix & w = *static_cast<const PackedMatrix *>(userdata);
     const ggml_tensor * x = dst->src[0];
     const int64_t K = x->ne[0], T = x->ne[1];
     const ops::Range blocks = ops::thread_range(T * (K / PACK_BLOCK), ith, nth);
     quantize_blocks(static_cast<const float *>(x->data), x->nb[1] / sizeof(float), K, blocks.begin, blocks.end,
-                    static_cast<uint8_t *>(dst->data), packed_isa());
+                    static_cast<uint8_t *>(dst->data), w.kernels());
 }
 
 // dst f32 [N, T]; src 0: the quantized x (or x itself for F16).
@@ -371,7 +373,7 @@ void packed_compute(ggml_tensor * dst, int ith, int nth, void * userdata) {
     const PackedMatrix & w = *static_cast<const PackedMatrix *>(userdata);
     const ops::Range groups = ops::thread_range(w.groups(), ith, nth);
     if (groups.begin < groups.end) {
-        w.multiply(packed_isa(), dst->src[0]->data, dst->ne[1], static_cast<float *>(dst->data),
+        w.multiply(w.kernels(), dst->src[0]->data, dst->ne[1], static_cast<float *>(dst->data),
                    dst->nb[1] / sizeof(float), groups.begin, groups.end);
     }
 }
@@ -390,7 +392,7 @@ ggml_tensor * packed_mul_mat(ggml_context * ctx, const PackedMatrix & w, ggml_te
     if (w.quantized()) {
         ggml_tensor * args[] = {x};
         src = ggml_custom_4d(ctx, GGML_TYPE_I8, static_cast<int64_t>(quantized_column_bytes(w.cols())), T, 1, 1, args,
-                             1, quantize_compute, GGML_N_TASKS_MAX, nullptr);
+                             1, quantize_compute, GGML_N_TASKS_MAX, const_cast<PackedMatrix *>(&w));
     }
     ggml_tensor * args[] = {src};
     return ggml_custom_4d(ctx, GGML_TYPE_F32, w.rows(), T, 1, 1, args, 1, packed_compute, GGML_N_TASKS_MAX,

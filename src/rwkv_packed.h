@@ -42,9 +42,10 @@ constexpr int PACK_BLOCK = 32;
 // Instruction sets of the packed kernels, in increasing order.
 enum class PackedIsa { NONE, AVX2, AVX512_VNNI };
 
-// The kernels this process uses: the best the CPU has (checked at run time;
-// the library itself is built for generic x86-64), capped by the variable
-// RWKV_CPP_PACKED_ISA=avx2|none if set.  NONE: matrices stay with ggml.
+// The most capable kernels this process may use: the best the CPU has
+// (checked at run time; the library itself is built for generic x86-64),
+// capped by the debugging variable RWKV_CPP_PACKED_ISA=avx2|none if set.
+// A model uses these or fewer (rwkv_model_params.packed_isa).
 PackedIsa packed_isa();
 bool packed_kernels_available();  // packed_isa() != NONE
 // Whether this CPU can run the kernels of isa (whatever the cap).
@@ -75,11 +76,13 @@ public:
     // into storage (packed_bytes of it, 64-byte aligned, owned by the caller
     // and outliving this object) or, when storage is null, into memory of
     // its own.  release (optional) lets the caller drop the source's pages
-    // as packing goes.
+    // as packing goes.  kernels: the set its graph nodes run
+    // (packed_mul_mat; cpu_runs(kernels) must hold).
     PackedMatrix(ggml_type type, int64_t n_rows, int64_t n_cols, const void * data, uint8_t * storage = nullptr,
-                 const Release & release = {});
+                 const Release & release = {}, PackedIsa kernels = PackedIsa::NONE);
 
     ggml_type type() const { return type_; }
+    PackedIsa kernels() const { return kernels_; }
     int64_t rows() const { return n_rows_; }
     int64_t cols() const { return n_cols_; }
     int64_t groups() const { return n_groups_; }
@@ -105,6 +108,7 @@ public:
 
 private:
     ggml_type type_;
+    PackedIsa kernels_;
     int64_t n_rows_, n_cols_, n_groups_;
     size_t group_bytes_ = 0;
     Layout lay_{};
@@ -123,8 +127,8 @@ size_t quantized_column_bytes(int64_t n_cols);
 void quantize_blocks(const float * x, int64_t x_stride, int64_t n_cols, int64_t i0, int64_t i1, uint8_t * out,
                      PackedIsa isa);
 
-// Graph node: y = W @ x for x [K, T] f32 (columns contiguous); W must outlive
-// the graph.  Quantized types add a node that quantizes x first (split over
+// Graph node: y = W @ x for x [K, T] f32 (columns contiguous), with the
+// kernels of W (W.kernels()); W must outlive the graph.  Quantized types add a node that quantizes x first (split over
 // the threads, where every thread of the product needs all of it).
 ggml_tensor * packed_mul_mat(ggml_context * ctx, const PackedMatrix & w, ggml_tensor * x);
 

@@ -1,6 +1,8 @@
 #include "rwkv_testing.h"
 
 #include "rwkv_common.h"
+#include "rwkv_graph.h"
+#include "rwkv_model.h"
 #include "rwkv_ops.h"
 #include "rwkv_packed.h"
 
@@ -8,7 +10,10 @@
 #include "ggml.h"
 
 #include <cstring>
+#include <algorithm>
 #include <initializer_list>
+#include <memory>
+#include <string>
 #include <vector>
 
 using namespace rwkv;
@@ -261,6 +266,41 @@ rwkv_status rwkv_testing_run_op(int op, const rwkv_testing_op_args * args) {
         return run_op(op, *args, spec);
     } catch (const std::bad_alloc &) {
         return RWKV_STATUS_ERROR_ALLOC;
+    }
+}
+
+size_t rwkv_testing_graph_node_names(const char * path, uint32_t n_tokens, int logits, char * buf, size_t size) {
+    if (path == nullptr || n_tokens == 0 || logits < 0 || logits > 2) {
+        return 0;
+    }
+    try {
+        const std::unique_ptr<Model> model = Model::load(path, default_model_params());
+        const size_t max_nodes = graph_max_nodes(*model);
+        // the graph's nodes and the three inputs
+        ggml_init_params ip = {ggml_tensor_overhead() * (max_nodes + 3) + ggml_graph_overhead_custom(max_nodes, false),
+                               nullptr, /*no_alloc =*/ true};
+        std::unique_ptr<ggml_context, decltype(&ggml_free)> ctx(ggml_init(ip), ggml_free);
+        if (!ctx) return 0;
+        GraphIO io;
+        io.tokens = ggml_new_tensor_1d(ctx.get(), GGML_TYPE_I32, n_tokens);
+        io.state_in = ggml_new_tensor_1d(ctx.get(), GGML_TYPE_F32, static_cast<int64_t>(model->state_len()));
+        io.state_out = ggml_new_tensor_1d(ctx.get(), GGML_TYPE_F32, static_cast<int64_t>(model->state_len()));
+        ggml_cgraph * gf = ggml_new_graph_custom(ctx.get(), max_nodes, false);
+        const LogitsMode modes[] = {LogitsMode::NONE, LogitsMode::LAST, LogitsMode::ALL};
+        build_graph(ctx.get(), gf, *model, io, modes[logits]);
+        std::string names;
+        for (int i = 0; i < ggml_graph_n_nodes(gf); ++i) {
+            names += (i == 0 ? "" : "\n");
+            names += ggml_get_name(ggml_graph_node(gf, i));
+        }
+        if (buf != nullptr && size > 0) {
+            const size_t n = std::min(size - 1, names.size());
+            std::memcpy(buf, names.data(), n);
+            buf[n] = '\0';
+        }
+        return names.size() + 1;
+    } catch (const std::exception &) {
+        return 0;
     }
 }
 

@@ -93,6 +93,14 @@ struct rwkv_testing_op_args {
  * args->n_threads threads and copies the results out. */
 RWKV_API enum rwkv_status rwkv_testing_run_op(int op, const struct rwkv_testing_op_args * args);
 
+/* Builds the evaluation graph of the model file at path (default load
+ * parameters) for n_tokens tokens and logits mode 0 (none), 1 (last token)
+ * or 2 (every token), and writes the names of its nodes, in order, joined
+ * by '\n' and NUL-terminated, into buf (truncated to size).  Returns the
+ * bytes the whole text needs (NUL included), 0 on failure. */
+RWKV_API size_t rwkv_testing_graph_node_names(const char * path, uint32_t n_tokens, int logits, char * buf,
+                                              size_t size);
+
 /* RWKV_CDEF_END */
 
 #ifdef __cplusplus

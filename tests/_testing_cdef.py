@@ -49,4 +49,7 @@ struct rwkv_testing_op_args {
 };
 
 enum rwkv_status rwkv_testing_run_op(int op, const struct rwkv_testing_op_args * args);
+
+size_t rwkv_testing_graph_node_names(const char * path, uint32_t n_tokens, int logits, char * buf,
+                                              size_t size);
 """

@@ -167,43 +167,95 @@ def test_packed_sequence_equals_token_by_token(tmp_path, fp32_file, tokens, kind
     assert np.array_equal(seq_state, state)
 
 
-_AVX2_SCRIPT = r"""
-import sys
-import numpy as np
-import rwkv_cpp
-path, tokens = sys.argv[1], np.array([int(t) for t in sys.argv[2].split(",")], np.uint32)
-assert rwkv_cpp.packed_kernels_name() == "AVX2", rwkv_cpp.packed_kernels_name()
-runs = {}
-for repack in (False, True):
-    with rwkv_cpp.Model(path, n_threads=2, repack=repack) as m:
-        assert (m.packed_bytes > 0) == repack
-        seq = m.eval_sequence(tokens, all_logits=True)
+@pytest.mark.skipif(not _lib.rwkv_testing_cpu_runs(AVX2), reason="this CPU cannot run the avx2 kernels")
+@pytest.mark.parametrize("kind", ["FP16", "Q8_0", "Q5_1", "Q4_0"])
+def test_avx2_kernels_in_a_model(tmp_path, fp32_file, tokens, kind):
+    # packed_isa="avx2" makes a model use the AVX2 kernels on any CPU that has them
+    path = _model_file(tmp_path, fp32_file, kind)
+    with rwkv_cpp.Model(path, n_threads=2, repack=False) as m:
+        assert m.packed_kernels_name == "none"
+        l0, s0 = m.eval_sequence(tokens, all_logits=True)
+    with rwkv_cpp.Model(path, n_threads=2, packed_isa="avx2") as m:
+        assert m.packed_kernels_name == "AVX2" and m.packed_bytes > 0
+        l1, s1 = m.eval_sequence(tokens, all_logits=True)
         state = None
         for t in tokens:
             logits, state = m.eval(int(t), state)
-        runs[repack] = (seq, logits, state)
-(l0, s0), _, _ = runs[False]
-(l1, s1), logits, state = runs[True]
-nmse = lambda a, r: float(((a.astype(np.float64) - r) ** 2).sum() / (r.astype(np.float64) ** 2).sum())
-print("RESULT", nmse(l1, l0), nmse(s1, s0), bool(np.array_equal(l1[-1], logits)), bool(np.array_equal(s1, state)))
+    assert _nmse(l1, l0) <= (1e-6 if kind == "FP16" else 1e-4)
+    assert _nmse(s1, s0) <= (1e-6 if kind == "FP16" else 1e-4)
+    assert np.array_equal(l1[-1], logits) and np.array_equal(s1, state)
+
+
+def test_packed_isa_parameter(tmp_path, fp32_file, tokens):
+    path = _model_file(tmp_path, fp32_file, "Q5_1")
+    best = rwkv_cpp.packed_kernels_name()
+    with rwkv_cpp.Model(path, n_threads=2, repack=False) as m:
+        ggml_run = m.eval_sequence(tokens, all_logits=True)
+    # "none" is repack=False: the same kernels, the same bits
+    with rwkv_cpp.Model(path, n_threads=2, packed_isa="none") as m:
+        assert m.packed_kernels_name == "none" and m.packed_bytes == 0
+        run = m.eval_sequence(tokens, all_logits=True)
+        assert all(np.array_equal(a, b) for a, b in zip(run, ggml_run))
+    # the default and the most capable set: the best this CPU has (a set it
+    # lacks falls back to the best below it)
+    for isa in ("auto", "avx512"):
+        with rwkv_cpp.Model(path, n_threads=1, packed_isa=isa) as m:
+            assert m.packed_kernels_name == best
+            assert (m.packed_bytes > 0) == (best != "none")
+    # asking for kernels never packs when repack is off
+    with rwkv_cpp.Model(path, n_threads=1, repack=False, packed_isa="avx2") as m:
+        assert m.packed_kernels_name == "none" and m.packed_bytes == 0
+    # an FP32 model has no matrix to pack: no kernels run
+    with rwkv_cpp.Model(str(fp32_file), n_threads=1) as m:
+        assert m.packed_kernels_name == "none" and m.packed_bytes == 0
+    with pytest.raises(ValueError):
+        rwkv_cpp.Model(path, packed_isa="avx3")
+
+
+def test_packed_isa_outside_the_enum_is_refused(fp32_file):
+    from rwkv_cpp._lib import ffi, lib
+
+    params = lib.rwkv_model_default_params()
+    assert params.packed_isa == lib.RWKV_PACKED_ISA_AUTO
+    params.packed_isa = 7
+    out = ffi.new("struct rwkv_model **")
+    err = ffi.new("char[]", 256)
+    assert lib.rwkv_model_load(str(fp32_file).encode(), params, out, err, 256) == lib.RWKV_STATUS_ERROR_INVALID_ARGUMENT
+    assert out[0] == ffi.NULL and b"packed_isa" in ffi.string(err)
+
+
+_OVERRIDE_SCRIPT = r"""
+import sys
+import numpy as np
+import rwkv_cpp
+path, tokens, out = sys.argv[1], np.array([int(t) for t in sys.argv[2].split(",")], np.uint32), sys.argv[3]
+names = [rwkv_cpp.packed_kernels_name()]
+for isa in ("auto", "avx512", "none"):
+    with rwkv_cpp.Model(path, n_threads=2, packed_isa=isa) as m:
+        names.append(m.packed_kernels_name)
+        if isa == "auto":
+            np.save(out, m.eval_sequence(tokens, all_logits=True)[0])
+print("RESULT", ",".join(names))
 """
 
 
 @pytest.mark.skipif(not _lib.rwkv_testing_cpu_runs(AVX2), reason="this CPU cannot run the avx2 kernels")
-@pytest.mark.parametrize("kind", ["FP16", "Q8_0", "Q5_1", "Q4_0"])
-def test_avx2_kernels_in_a_model(tmp_path, fp32_file, tokens, kind):
-    # RWKV_CPP_PACKED_ISA=avx2 makes a process use the AVX2 kernels (it is
-    # read once per process, hence the subprocess)
+@pytest.mark.parametrize("cap", ["avx2", "none"])
+def test_environment_override_only_caps(tmp_path, fp32_file, tokens, cap):
+    # RWKV_CPP_PACKED_ISA, a debugging override read once per process (hence
+    # the subprocess), caps every model's kernels and never raises them
     import os
     import subprocess
     import sys
 
-    path = _model_file(tmp_path, fp32_file, kind)
-    env = dict(os.environ, RWKV_CPP_PACKED_ISA="avx2")
-    res = subprocess.run([sys.executable, "-c", _AVX2_SCRIPT, path, ",".join(str(int(t)) for t in tokens)],
-                         env=env, capture_output=True, text=True, timeout=300)
+    path = _model_file(tmp_path, fp32_file, "Q5_1")
+    out = tmp_path / "logits.npy"
+    env = dict(os.environ, RWKV_CPP_PACKED_ISA=cap)
+    res = subprocess.run([sys.executable, "-c", _OVERRIDE_SCRIPT, path, ",".join(str(int(t)) for t in tokens),
+                          str(out)], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    nmse_logits, nmse_state, seq_equal_logits, seq_equal_state = res.stdout.split("RESULT")[1].split()
-    assert float(nmse_logits) <= (1e-6 if kind == "FP16" else 1e-4)
-    assert float(nmse_state) <= (1e-6 if kind == "FP16" else 1e-4)
-    assert seq_equal_logits == "True" and seq_equal_state == "True"
+    capped = "AVX2" if cap == "avx2" else "none"
+    assert res.stdout.split("RESULT")[1].split() == [",".join([capped, capped, capped, "none"])]
+    # the same numbers as the parameter asking for those kernels in this process
+    with rwkv_cpp.Model(path, n_threads=2, packed_isa=cap) as m:
+        assert np.array_equal(np.load(out), m.eval_sequence(tokens, all_logits=True)[0])

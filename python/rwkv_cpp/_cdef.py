@@ -30,6 +30,13 @@ enum rwkv_log_level {
     RWKV_LOG_LEVEL_ERROR = 3
 };
 
+enum rwkv_packed_isa {
+    RWKV_PACKED_ISA_AUTO = 0,
+    RWKV_PACKED_ISA_NONE = 1,
+    RWKV_PACKED_ISA_AVX2 = 2,
+    RWKV_PACKED_ISA_AVX512_VNNI = 3
+};
+
 typedef void (*rwkv_log_callback)(enum rwkv_log_level level, const char * text, void * user_data);
 
 struct rwkv_model;
@@ -39,6 +46,8 @@ struct rwkv_model_params {
     bool use_mmap;
 
     bool repack;
+
+    enum rwkv_packed_isa packed_isa;
     rwkv_log_callback log_callback;
     void * log_user_data;
 };
@@ -93,6 +102,8 @@ size_t rwkv_model_state_len(const struct rwkv_model * model);
 size_t rwkv_model_logits_len(const struct rwkv_model * model);
 
 size_t rwkv_model_packed_bytes(const struct rwkv_model * model);
+
+const char * rwkv_model_packed_kernels_name(const struct rwkv_model * model);
 
 enum rwkv_status rwkv_state_init(
     const struct rwkv_model * model,

@@ -63,25 +63,34 @@ def _ptr(array, ctype="float *"):
     return ffi.cast(ctype, ffi.from_buffer(array))
 
 
+# Model(packed_isa=...): the values of enum rwkv_packed_isa.
+_PACKED_ISA = {"auto": lib.RWKV_PACKED_ISA_AUTO, "avx512": lib.RWKV_PACKED_ISA_AVX512_VNNI,
+               "avx2": lib.RWKV_PACKED_ISA_AVX2, "none": lib.RWKV_PACKED_ISA_NONE}
+
+
 class Model:
     """An RWKV model loaded from a GGUF file, with one evaluation context.
 
     The weights are memory-mapped.  On CPUs with AVX-512 VNNI or AVX2 the F16 and
     quantized matrices are re-laid out at load for the library's own kernels
     (``repack=True``, the default; ``repack=False`` keeps ggml's kernels and
-    the file's pages).  The state is an explicit float32 array owned by the
-    caller: ``eval`` never modifies the state it is given.
+    the file's pages).  ``packed_isa`` ("auto", "avx512", "avx2" or "none")
+    caps those kernels; ``packed_kernels_name`` says which ones run.  The
+    state is an explicit float32 array owned by the caller: ``eval`` never
+    modifies the state it is given.
 
     >>> with Model("model.gguf") as model:
     ...     logits, state = model.eval_sequence([1, 2, 3])
     ...     logits, state = model.eval(4, state)
     """
 
-    def __init__(self, path, n_threads=None, *, use_mmap=True, repack=True, max_chunk_tokens=0):
+    def __init__(self, path, n_threads=None, *, use_mmap=True, repack=True, packed_isa="auto", max_chunk_tokens=0):
         self._model = ffi.NULL
         self._ctx = ffi.NULL
         self._lock = threading.Lock()
         self._temp_dir = None
+        if packed_isa not in _PACKED_ISA:
+            raise ValueError("packed_isa must be one of %s, not %r" % (", ".join(_PACKED_ISA), packed_isa))
         self.path = os.fspath(path)
         load_path = self.path
         if is_legacy(self.path):
@@ -92,6 +101,7 @@ class Model:
         mparams = lib.rwkv_model_default_params()
         mparams.use_mmap = bool(use_mmap)
         mparams.repack = bool(repack)
+        mparams.packed_isa = _PACKED_ISA[packed_isa]
         out_model = ffi.new("struct rwkv_model **")
         status = lib.rwkv_model_load(os.fsencode(load_path), mparams, out_model, errbuf, _ERROR_BUF_SIZE)
         if status != lib.RWKV_STATUS_OK:
@@ -117,6 +127,8 @@ class Model:
         self.type = _string(lib.rwkv_type_str(lib.rwkv_model_type(self._model)))
         # bytes of matrices laid out for the packed kernels (0: all with ggml)
         self.packed_bytes = int(lib.rwkv_model_packed_bytes(self._model))
+        # the packed kernels this model runs: "AVX-512 VNNI", "AVX2" or "none"
+        self.packed_kernels_name = _string(lib.rwkv_model_packed_kernels_name(self._model))
         self.state_len = int(lib.rwkv_model_state_len(self._model))
         self.n_threads = int(cparams.n_threads)
 
