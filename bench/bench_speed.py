@@ -34,10 +34,11 @@ Method:
    that the machine's noise hits them alike.
 
 --lib NAME=PATH (repeatable) compares builds of the C library: PATH is a
-librwkv_cpp.so (the workers load the installed Python package beside it,
-bench.harness.library_packages) or the folder of a whole installed
-rwkv_cpp package.  A table of each build's decode and prefill against the
-first build's follows the main one.
+librwkv_cpp.so (its workers import a copy of the installed Python package
+placed beside a copy of that file, bench.harness.library_packages, and check
+that they mapped it) or the folder of a whole installed rwkv_cpp package.
+A table of each build's decode and prefill against the first build's
+follows the main one.
 """
 
 import argparse

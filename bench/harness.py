@@ -203,12 +203,12 @@ def library_packages(specs: Sequence[str], folder: Path) -> Dict[str, Optional[s
         if not sep or not name or name in out:
             raise SystemExit("--lib %r: expected NAME=PATH with a new NAME" % spec)
         path = Path(path).resolve()
-        if path.is_dir() and (path / "__init__.py").exists():
+        if path.is_dir() and path.name == "rwkv_cpp" and (path / "__init__.py").exists():
             out[name] = str(path)
         elif path.is_file():
             out[name] = str(_package_copy(path, folder / name / "rwkv_cpp"))
         else:
-            raise SystemExit("--lib %s: %s is neither a library file nor a package folder" % (name, path))
+            raise SystemExit("--lib %s: %s is neither a library file nor an rwkv_cpp package folder" % (name, path))
     return out
 
 

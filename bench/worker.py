@@ -16,15 +16,17 @@ decodes of --decode-tokens tokens (one token per call, state carried);
 each --prefill length once from the initial state, best of 2.
 
 This module does not import rwkv_cpp at its top: ``ours`` first chooses
-which package to load.  ``--package DIR`` loads the copy of the package that
-:func:`bench.harness.library_packages` made beside another build's library,
-and checks that this library is the one the process mapped.
+which package to load.  ``--package DIR`` imports rwkv_cpp from the folder
+DIR only (:func:`bench.harness.library_packages` makes it: a copy of the
+package beside another build's library), and checks that the library the
+process mapped is the one in DIR.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib.abc
+import importlib.machinery
 import json
 import os
 import sys
@@ -48,20 +50,32 @@ def report(result: dict) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
+class _PackageFinder(importlib.abc.MetaPathFinder):
+    """Finds rwkv_cpp and its submodules in one package folder only, ahead
+    of every other finder (an editable install's finder would otherwise
+    take the modules from the installed project's sources)."""
+
+    def __init__(self, package: str):
+        self.root = os.path.dirname(os.path.abspath(package))
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == "rwkv_cpp":
+            return importlib.machinery.PathFinder.find_spec(fullname, [self.root])
+        if fullname.startswith("rwkv_cpp."):
+            return importlib.machinery.PathFinder.find_spec(fullname, path)
+        return None
+
+
 def import_rwkv_cpp(package: str = None):
-    """The rwkv_cpp module: the installed one, or the package folder
-    ``package`` (loaded under the name rwkv_cpp, before anything else
-    imports it)."""
-    if package is None:
-        import rwkv_cpp
-        return rwkv_cpp
-    spec = importlib.util.spec_from_file_location("rwkv_cpp", os.path.join(package, "__init__.py"),
-                                                  submodule_search_locations=[package])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["rwkv_cpp"] = module
-    spec.loader.exec_module(module)
-    _check_mapped_library(package)
-    return module
+    """The rwkv_cpp module: the installed one, or the one of the package
+    folder ``package`` (named rwkv_cpp), all of whose modules and whose
+    library then come from that folder."""
+    if package is not None:
+        sys.meta_path.insert(0, _PackageFinder(package))
+    import rwkv_cpp
+    if package is not None:
+        _check_mapped_library(package)
+    return rwkv_cpp
 
 
 def _check_mapped_library(package: str) -> None:
