@@ -1,290 +1,267 @@
 """Speed of rwkv_cpp on random-weight RWKV-4 models of the 169M, 430M and
 1.5B shapes: decode ms/token against the memory-bandwidth floor, prefill
-tokens/s at 128 and 512 tokens, peak RSS and load time, per format.
+tokens/s at 128 and 512 tokens, peak RSS and load time, per format; with
+--lib, several builds of the library side by side; with --official, the
+official package on the same weights.
 
-    python bench/bench_speed.py [--models 169m 430m 1.5b] [--types FP16 Q8_0 Q5_1 Q4_0]
-                                [--kernels packed ggml] [--threads 2] [--procs 3] [--smoke]
+    python -m bench.bench_speed [--models 169m 430m 1.5b] [--types FP16 Q8_0 Q5_1 Q4_0]
+        [--kernels packed ggml] [--threads 2] [--procs 3] [--runs-per-process 1]
+        [--lib old=OLD/librwkv_cpp.so --lib new=NEW/librwkv_cpp.so] [--official] [--smoke]
 
 Method:
 1. models are generated once (official key names, random weights, numpy;
-   no torch), converted to FP16 GGUF and quantized; cached in bench/cache/;
+   no torch), converted to FP32/FP16 GGUF and quantized from FP16; cached
+   in bench/cache/ (bench.harness.rwkv4_files);
 2. bench/membw.c measures the read bandwidth with the same thread count,
    right before every worker process (this machine's bandwidth changes
    from minute to minute); floor = weight bytes one token reads (every
    matrix but the embedding, one embedding row, the vectors) / bandwidth,
    and % of floor is the median over the processes of floor / decode time;
 3. correctness before timing: each format's logits against the FP16 file's
-   on 16 tokens (KL divergence, printed);
-4. every measurement runs in a fresh worker process (load time, first-token
-   time and peak RSS are per process); decode = 32 tokens after 8 warm-up
-   tokens; medians over --procs processes, min-max shown; prefill = one
+   on 16 tokens (KL divergence, printed); with --official, ours FP32/FP16
+   against the official cpu fp32 (max-abs, bounded: the run fails beyond);
+4. every measurement runs in a fresh worker process (bench/worker.py: load
+   time, first-token time and peak RSS are per process); decode = 32 tokens
+   after 8 warm-up tokens (--runs-per-process repeats it in the process);
+   medians over --procs processes, min-max shown; prefill = one
    eval_sequence of 128 and of 512 tokens (best of 2 in each process);
 5. kernels: "packed" = the library's own AVX-512 VNNI kernels on weights
    re-laid out at load (Model(repack=True), the default where the CPU has
    them), "ggml" = ggml's kernels on the memory-mapped file (repack=False);
-   both run in the same rounds, one process after the other.
+6. every process of one round runs right after the other: all types, all
+   kernels, all --lib builds, then the official package (--official: cpu
+   fp32 and cpu bf16 on a .pth of the same weights), --procs rounds, so
+   that the machine's noise hits them alike.
+
+--lib NAME=PATH (repeatable) compares builds of the C library: PATH is a
+librwkv_cpp.so (its workers import a copy of the installed Python package
+placed beside a copy of that file, bench.harness.library_packages, and check
+that they mapped it) or the folder of a whole installed rwkv_cpp package.
+A table of each build's decode and prefill against the first build's
+follows the main one.
 """
 
 import argparse
-import datetime
-import json
-import os
-import platform
 import statistics
-import subprocess
-import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Dict, List, Optional
 
 import numpy as np
 
-BENCH = Path(__file__).resolve().parent
-CACHE = BENCH / "cache"
-SHAPES = {"169m": (12, 768), "430m": (24, 1024), "1.5b": (24, 2048), "smoke": (2, 64)}
-N_VOCAB = 50277
+import rwkv_cpp
+
+from .harness import (SHAPES, bytes_per_token, default_kernels, floor_ms, kl, library_packages,
+                      machine_line, measure_bandwidth, median_range, print_table, run_worker,
+                      rwkv4_files, rwkv4_pth)
+
+CHECK_TOKENS = 16
+OFFICIAL_STRATEGIES = ("cpu fp32", "cpu bf16")
+#: our file type whose bytes per token the official strategy reads.
+OFFICIAL_BYTES_LIKE = {"cpu fp32": "FP32", "cpu bf16": "FP16"}
+#: max-abs logits bound of ours against the official cpu fp32 (the others are informative).
+OFFICIAL_TOL = {"FP32": 1e-4, "FP16": 2e-2}
 
 
-def ggml_build():
-    import libggml
-    lib = Path(libggml.__file__).parent
-    return "native build (libggml/lib)" if (lib / "lib").exists() else "prebuilt AVX2 wheel (libggml/lib64)"
+@dataclass(frozen=True)
+class Variant:
+    """One column of processes in a round: a file type, kernels and build
+    of ours, or a strategy of the official package (kernel "official")."""
+
+    type: str
+    kernel: str
+    build: str = ""
+    package: Optional[str] = None
+
+    @property
+    def official(self) -> bool:
+        return self.kernel == "official"
 
 
-def model_files(name, types, vocab):
-    """{type: path}, generating and converting what is missing."""
-    from rwkv_cpp.convert import convert_state_dict
-    from rwkv_cpp.quantize import quantize
-    CACHE.mkdir(exist_ok=True)
-    n_layer, n_embed = SHAPES[name]
-    base = CACHE / ("speed-rwkv4-%s" % name)
-    f16 = Path("%s-FP16.gguf" % base)
-    if not f16.exists():
-        print("generating and converting %s (L%d D%d) ..." % (name, n_layer, n_embed), flush=True)
-        convert_state_dict(random_state_dict(vocab, n_embed, n_layer), str(f16), "FP16")
-    out = {}
-    for t in types:
-        path = f16 if t == "FP16" else Path("%s-%s.gguf" % (base, t))
-        if not path.exists():
-            print("quantizing %s ..." % path.name, flush=True)
-            quantize(f16, path, t)
-        out[t] = path
+def variants(args, builds: Dict[str, Optional[str]]) -> List[Variant]:
+    out = [Variant(t, k, name, package) for t in args.types for k in args.kernels
+           for name, package in builds.items()]
+    if args.official:
+        out += [Variant(s, "official") for s in OFFICIAL_STRATEGIES]
     return out
 
 
-def random_state_dict(vocab, n_embed, n_layer):
-    """A random RWKV-4 state dict built layer by layer (float32 throughout,
-    so a 1.5B model needs ~6 GB, not the float64 generator's 16 GB)."""
-    from rwkv_cpp.convert import make_rwkv4_state_dict
-    sd = make_rwkv4_state_dict(vocab, n_embed, 1, seed=0)
-    for i in range(1, n_layer):
-        layer = make_rwkv4_state_dict(1, n_embed, 1, seed=i)
-        for key, value in layer.items():
-            if key.startswith("blocks.0.") and ".ln0." not in key:
-                sd["blocks.%d.%s" % (i, key[len("blocks.0."):])] = value
-    return sd
-
-
-def bytes_per_token(path):
-    from rwkv_cpp.convert import read_gguf
-    g = read_gguf(str(path))
-    total = 0
-    for name, info in g.tensors.items():
-        if name == "emb.weight":
-            total += info.nbytes // info.ne[1]
-        else:
-            total += info.nbytes
-    return total
-
-
-def bandwidth(threads, mib=1024, runs=10):
-    CACHE.mkdir(exist_ok=True)
-    binary = CACHE / "membw"
-    src = BENCH / "membw.c"
-    if not binary.exists() or binary.stat().st_mtime < src.stat().st_mtime:
-        subprocess.run([os.environ.get("CC", "cc"), "-O3", "-march=native", "-pthread", "-o", str(binary), str(src)],
-                       check=True)
-    out = subprocess.run([str(binary), str(threads), str(mib), str(runs)], check=True, capture_output=True,
-                         text=True).stdout
-    return float(out.split("median_gbs=")[1].split()[0])
-
-
-def worker(path, threads, decode_tokens, check_ref, prefill=(128, 512), repack=True):
-    """Runs in a child process: prints one JSON line."""
-    import time
-    t0 = time.perf_counter()
-    import rwkv_cpp
-    m = rwkv_cpp.Model(path, n_threads=threads, repack=repack)
-    t_load = time.perf_counter() - t0
-    rng = np.random.default_rng(1)
-    toks = rng.integers(0, m.n_vocab, 600).astype(np.uint32)
-    t1 = time.perf_counter()
-    logits, state = m.eval(int(toks[0]))
-    t_first = time.perf_counter() - t1
-    res = {"load_s": t_load, "first_token_s": t_first}
-    if check_ref:
-        res["check_logits"] = m.eval_sequence(toks[:16])[0].tolist()
-    for tok in toks[1:9]:
-        logits, state = m.eval(int(tok), state, out_state=state)
-    t2 = time.perf_counter()
-    for tok in toks[9:9 + decode_tokens]:
-        logits, state = m.eval(int(tok), state, out_state=state, out_logits=logits)
-    res["decode_ms"] = 1e3 * (time.perf_counter() - t2) / decode_tokens
-    for n in prefill:
-        best = 0.0
-        for _ in range(2):
-            t3 = time.perf_counter()
-            m.eval_sequence(toks[:n], logits=False)
-            best = max(best, n / (time.perf_counter() - t3))
-        res["prefill_%d" % n] = best
-    with open("/proc/self/status") as f:
-        res["rss_mib"] = next(int(l.split()[1]) for l in f if l.startswith("VmHWM")) / 1024
-    print("RESULT " + json.dumps(res), flush=True)
-
-
-def official_worker(pth, strategy, threads, decode_tokens):
-    """The official package (rwkv==0.8.32) on the same shape: decode and
-    prefill 128, in this child process; prints one JSON line."""
-    import time
-    import torch
-    torch.set_num_threads(threads)
-    from rwkv.model import RWKV
-    model = RWKV(model=pth, strategy=strategy, verbose=False)
-    toks = [int(t) for t in np.random.default_rng(1).integers(0, N_VOCAB, 200)]
-    with torch.no_grad():
-        _, state = model.forward(toks[:1], None)
-        for tok in toks[1:9]:
-            _, state = model.forward([tok], state)
-        t0 = time.perf_counter()
-        for tok in toks[9:9 + decode_tokens]:
-            _, state = model.forward([tok], state)
-        decode = 1e3 * (time.perf_counter() - t0) / decode_tokens
-        t1 = time.perf_counter()
-        model.forward(toks[:128], None)
-        prefill = 128 / (time.perf_counter() - t1)
-    print("RESULT " + json.dumps({"decode_ms": decode, "prefill_128": prefill}), flush=True)
-
-
-def run_official(pth, strategy, threads, decode_tokens):
-    out = subprocess.run([sys.executable, __file__, "--official-worker", str(pth), "--strategy", strategy,
-                          "--threads", str(threads), "--decode-tokens", str(decode_tokens)],
-                         check=True, capture_output=True, text=True).stdout
-    return json.loads(out.split("RESULT ", 1)[1])
-
-
-def run_worker(path, threads, decode_tokens, check, prefill=(128, 512), repack=True):
-    out = subprocess.run([sys.executable, __file__, "--worker", str(path), "--threads", str(threads),
-                          "--decode-tokens", str(decode_tokens), "--repack", "1" if repack else "0",
-                          "--prefill"] + [str(n) for n in prefill] + (["--check"] if check else []),
-                         check=True, capture_output=True, text=True).stdout
-    return json.loads(out.split("RESULT ", 1)[1])
-
-
-def kl(ref, other):
-    from rwkv_cpp._scoring import kl_rows
-    return float(kl_rows(np.asarray(ref)[None], np.asarray(other)[None])[0])
-
-
-def default_kernels():
-    import rwkv_cpp
-    return ["packed", "ggml"] if rwkv_cpp.packed_kernels_available() else ["ggml"]
-
-
-def measure(files, t, kernels, args, membw_args):
-    """{kernel: [run results]}: --procs rounds, each running every kernel in
-    a fresh process right after a bandwidth measurement."""
-    runs = {k: [] for k in kernels}
+def measure(name: str, files: Dict[str, Path], args, vs: List[Variant], tmp: Path) -> Dict[Variant, list]:
+    """{variant: [worker results]}: --procs rounds, each running every
+    variant in a fresh process right after a bandwidth measurement; the
+    first round also saves the check logits (result key "check")."""
+    runs = {v: [] for v in vs}
+    pth = rwkv4_pth(name) if args.official else None
     for i in range(args.procs):
-        for k in kernels:
-            bw = bandwidth(args.threads, *membw_args)
-            r = run_worker(files[t], args.threads, args.decode_tokens, check=(i == 0), prefill=args.prefill,
-                           repack=(k == "packed"))
-            r["bandwidth"] = bw
-            runs[k].append(r)
+        for v in vs:
+            bw = measure_bandwidth(args.threads, *args.membw)
+            check = tmp / ("%s-%s-%s-%s.npy" % (name, v.type, v.kernel, v.build))
+            check_tokens = CHECK_TOKENS if i == 0 and v.type != "cpu bf16" else 0
+            common = dict(decode_tokens=args.decode_tokens, runs=args.runs_per_process, prefill=args.prefill,
+                          check=check_tokens, check_out=check)
+            if v.official:
+                r = run_worker("official", pth, args.threads, strategy=v.type, n_vocab=SHAPES[name][2],
+                               **common)
+            else:
+                r = run_worker("ours", files[v.type], args.threads, repack=(v.kernel == "packed"),
+                               package=v.package, **common)
+            r["bandwidth"] = bw.median_gbs
+            r["decode"] = statistics.median(r["decode_ms"])
+            if check_tokens:
+                r["check"] = np.load(check)
+            runs[v].append(r)
     return runs
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def prefill_cells(rs: list, lengths) -> List[str]:
+    """Median prefill tokens/s at each length, '-' where not measured."""
+    return ["%.0f" % statistics.median(r["prefill_%d" % n] for r in rs) if "prefill_%d" % n in rs[0] else "-"
+            for n in lengths]
+
+
+def main_rows(name, files, runs, vs, nbytes, args):
+    """The rows of the main table: ours, one per type, kernels and build."""
+    ref = next((rs[0]["check"][-1] for v, rs in runs.items() if v.type == "FP16" and not v.official), None)
+    for v in (v for v in vs if not v.official):
+        rs = runs[v]
+        bw = statistics.median(r["bandwidth"] for r in rs)
+        pct = statistics.median(100 * floor_ms(nbytes[v.type], r["bandwidth"]) / r["decode"] for r in rs)
+        yield ([name, v.type, v.kernel] + ([v.build] if args.lib else [])
+               + ["%.0f" % (files[v.type].stat().st_size / 2**20),
+                  "%.1e" % kl(ref, rs[0]["check"][-1]) if ref is not None else "-",
+                  median_range([d for r in rs for d in r["decode_ms"]]), "%.1f" % bw,
+                  "%.2f" % floor_ms(nbytes[v.type], bw), "%.0f%%" % pct]
+               + prefill_cells(rs, args.prefill)
+               + ["%.0f" % max(r["rss_mib"] for r in rs), "%.3f" % statistics.median(r["load_s"] for r in rs)])
+
+
+def kernel_rows(name, runs, args):
+    """packed against ggml kernels: decode and first prefill speed-ups."""
+    med = {v: (statistics.median(r["decode"] for r in rs),
+               statistics.median(r.get("prefill_%d" % args.prefill[0], 0) for r in rs) if args.prefill else 0)
+           for v, rs in runs.items() if not v.official}
+    for v, (dec, pre) in med.items():
+        other = Variant(v.type, "ggml", v.build, v.package)
+        if v.kernel == "packed" and other in med:
+            yield ([name, v.type] + ([v.build] if args.lib else [])
+                   + ["%.2fx" % (med[other][0] / dec), "%.2fx" % (pre / max(med[other][1], 1e-9))])
+
+
+def build_rows(name, runs, args):
+    """Each --lib build against the first one: decode and prefill, medians."""
+    first = next(iter(args.builds))
+    for v, rs in runs.items():
+        if v.official:
+            continue
+        base = runs[Variant(v.type, v.kernel, first, args.builds[first])]
+        dec, base_dec = (statistics.median(r["decode"] for r in x) for x in (rs, base))
+        cells = [median_range([d for r in rs for d in r["decode_ms"]]), "%.3f" % (dec / base_dec)]
+        for n in args.prefill:
+            tps, base_tps = (statistics.median(r["prefill_%d" % n] for r in x) for x in (rs, base))
+            cells += ["%.0f" % tps, "%.3f" % (tps / base_tps)]
+        yield [name, v.type, v.kernel, v.build] + cells
+
+
+def check_official(runs, vs) -> bool:
+    """Ours against the official cpu fp32, max-abs over the check tokens
+    (bounded for FP32 and FP16: OFFICIAL_TOL); prints a line per variant,
+    returns whether all are within their bound."""
+    ref = runs[Variant("cpu fp32", "official")][0]["check"].astype(np.float64)
+    ok = True
+    for v in (v for v in vs if not v.official and v.type in OFFICIAL_TOL):
+        err = float(np.abs(runs[v][0]["check"] - ref).max())
+        tol = OFFICIAL_TOL[v.type]
+        print("ours %s %s%s vs official cpu fp32, %d tokens: max-abs %.3g %s" % (
+            v.type, v.kernel, " " + v.build if v.build else "", CHECK_TOKENS, err,
+            "ok" if err <= tol else "FAIL > %g" % tol))
+        ok &= err <= tol
+    return ok
+
+
+def official_rows(name, runs, args, vs):
+    """The official package's decode and prefill, beside the floor of the
+    bytes it reads (those of our FP32 file for fp32, FP16 for bf16)."""
+    nbytes = {t: bytes_per_token(p) for t, p in rwkv4_files(name, ["FP32", "FP16"]).items()}
+    for v in (v for v in vs if v.official):
+        rs = runs[v]
+        bw = statistics.median(r["bandwidth"] for r in rs)
+        floor = floor_ms(nbytes[OFFICIAL_BYTES_LIKE[v.type]], bw)
+        yield ([name, "official " + v.type, median_range([d for r in rs for d in r["decode_ms"]]),
+                "%.1f" % bw, "%.2f" % floor, "%.0f%%" % statistics.median(100 * floor / r["decode"] for r in rs)]
+               + prefill_cells(rs, args.prefill))
+
+
+def bench_model(name: str, args, tmp: Path) -> None:
+    """Every table of one model shape."""
+    vs = variants(args, args.builds)
+    files = rwkv4_files(name, args.types)
+    runs = measure(name, files, args, vs, tmp)
+    nbytes = {t: bytes_per_token(p) for t, p in files.items()}
+    official_ok = check_official(runs, vs) if args.official else True
+    build = ["build"] if args.lib else []
+    print_table(["model", "type", "kernels"] + build + [
+        "file MiB", "KL vs FP16", "decode ms/token (min-max)", "read GB/s", "floor ms", "% of floor"]
+        + ["prefill %d tok/s" % n for n in args.prefill] + ["peak RSS MiB", "load s"],
+        main_rows(name, files, runs, vs, nbytes, args))
+    ratios = list(kernel_rows(name, runs, args))
+    if ratios:
+        print()
+        first = ("prefill %d" % args.prefill[0]) if args.prefill else "prefill"
+        print_table(["model", "type"] + build + ["decode speed-up, packed vs ggml kernels",
+                                                 first + " speed-up"], ratios)
+    if len(args.builds) > 1:
+        print()
+        first = next(iter(args.builds))
+        cols = []
+        for n in args.prefill:
+            cols += ["prefill %d tok/s" % n, "vs %s" % first]
+        print_table(["model", "type", "kernels", "build", "decode ms/token (min-max)",
+                     "time vs %s" % first] + cols, build_rows(name, runs, args))
+    if args.official:
+        print()
+        print_table(["model", "backend", "decode ms/token (min-max)", "read GB/s", "floor ms", "% of floor"]
+                    + ["prefill %d tok/s" % n for n in args.prefill], official_rows(name, runs, args, vs))
+        if not official_ok:
+            raise SystemExit("correctness check against the official package failed")
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m bench.bench_speed", description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="+", default=["169m", "430m", "1.5b"])
-    ap.add_argument("--types", nargs="+", default=["FP16", "Q8_0", "Q5_1", "Q4_0"])
+    ap.add_argument("--types", nargs="+", default=["FP16", "Q8_0", "Q5_1", "Q4_0"],
+                    help="file types (FP32, FP16 or a quantized type)")
     ap.add_argument("--kernels", nargs="+", choices=["packed", "ggml"], default=None,
                     help="which matrix kernels to time (default: packed and ggml where the CPU has the packed ones)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--procs", type=int, default=3)
+    ap.add_argument("--procs", type=int, default=3, help="rounds: worker processes per variant")
+    ap.add_argument("--runs-per-process", type=int, default=1, help="timed decodes in each process")
     ap.add_argument("--decode-tokens", type=int, default=32)
     ap.add_argument("--prefill", type=int, nargs="*", default=[128, 512], help="prefill lengths to time")
-    ap.add_argument("--smoke", action="store_true", help="tiny model, one process: checks the bench runs")
+    ap.add_argument("--lib", action="append", default=[], metavar="NAME=PATH",
+                    help="a build of the library to time (repeat to compare builds in the same rounds): "
+                         "a librwkv_cpp.so, or the folder of an installed rwkv_cpp package")
     ap.add_argument("--official", action="store_true",
-                    help="also time the official package (cpu fp32, cpu bf16) on the 169M shape "
-                         "(bench/cache/rwkv4-169m-shape.pth from bench_decode.py)")
-    ap.add_argument("--worker", help=argparse.SUPPRESS)
-    ap.add_argument("--repack", type=int, default=1, help=argparse.SUPPRESS)
-    ap.add_argument("--official-worker", help=argparse.SUPPRESS)
-    ap.add_argument("--strategy", help=argparse.SUPPRESS)
-    ap.add_argument("--check", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.worker:
-        return worker(args.worker, args.threads, args.decode_tokens, args.check, args.prefill, bool(args.repack))
-    if args.official_worker:
-        return official_worker(args.official_worker, args.strategy, args.threads, args.decode_tokens)
+                    help="also time the official package (cpu fp32, cpu bf16; needs torch and rwkv) on a .pth "
+                         "of the same weights, and check ours against it")
+    ap.add_argument("--smoke", action="store_true", help="tiny model, one process: checks the bench runs")
+    args = ap.parse_args(argv)
     if args.smoke:
         args.models, args.procs, args.decode_tokens = ["smoke"], 1, 4
-    kernels = args.kernels or default_kernels()
-    membw_args = (64, 2) if args.smoke else (1024, 5)
-    import rwkv_cpp
-    print("\n%s, %s, %d threads, ggml: %s, kernels: %s (packed = %s)" % (
-        datetime.datetime.now().strftime("%Y-%m-%d %H:%M"), platform.processor() or platform.machine(),
-        args.threads, ggml_build(), " and ".join(kernels), rwkv_cpp.packed_kernels_name()), flush=True)
-    print("| model | type | kernels | file MiB | KL vs FP16 | decode ms/token (min-max) | read GB/s | floor ms | "
-          "% of floor | prefill 128 tok/s | prefill 512 tok/s | peak RSS MiB | load s |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    ratios = []
-    for name in args.models:
-        files = model_files(name, args.types, 256 if name == "smoke" else N_VOCAB)
-        ref = None
-        for t in args.types:
-            runs = measure(files, t, kernels, args, membw_args)
-            nbytes = bytes_per_token(files[t])
-            summary = {}
-            for k in kernels:
-                rs = runs[k]
-                if ref is None and t == "FP16":
-                    ref = rs[0]["check_logits"]
-                dec = [r["decode_ms"] for r in rs]
-                bws = [r["bandwidth"] for r in rs]
-                bw = statistics.median(bws)
-                pct = statistics.median(100 * nbytes / (r["bandwidth"] * 1e9) * 1e3 / r["decode_ms"] for r in rs)
-                p128 = statistics.median(r.get("prefill_128", 0) for r in rs)
-                summary[k] = (statistics.median(dec), p128)
-                p512 = ("%.0f" % statistics.median(r["prefill_512"] for r in rs)) if "prefill_512" in rs[0] else "-"
-                print("| %s | %s | %s | %.0f | %s | %.2f (%.2f-%.2f) | %.1f | %.2f | %.0f%% | %.0f | %s | %.0f | %.3f |"
-                      % (name, t, k, files[t].stat().st_size / 2**20,
-                         "%.1e" % kl(ref, rs[0]["check_logits"]) if ref is not None else "-",
-                         statistics.median(dec), min(dec), max(dec), bw, nbytes / (bw * 1e9) * 1e3, pct, p128, p512,
-                         max(r["rss_mib"] for r in rs), statistics.median(r["load_s"] for r in rs)), flush=True)
-            if "packed" in summary and "ggml" in summary:
-                ratios.append((name, t, summary["ggml"][0] / summary["packed"][0],
-                               summary["packed"][1] / max(summary["ggml"][1], 1e-9)))
-    if ratios:
-        print("\n| model | type | decode speed-up, packed vs ggml kernels | prefill 128 speed-up |")
-        print("| --- | --- | --- | --- |")
-        for name, t, d, p in ratios:
-            print("| %s | %s | %.2fx | %.2fx |" % (name, t, d, p))
-    if args.official and "169m" in args.models:
-        pth = CACHE / "rwkv4-169m-shape.pth"
-        if not pth.exists():
-            print("(no %s: run bench/bench_decode.py once to make it)" % pth)
-            return
-        print("\n| model | backend | decode ms/token (min-max) | prefill 128 tok/s |")
-        print("| --- | --- | --- | --- |")
-        for strategy in ("cpu fp32", "cpu bf16"):
-            runs = [run_official(pth, strategy, args.threads, args.decode_tokens) for _ in range(args.procs)]
-            dec = [r["decode_ms"] for r in runs]
-            print("| 169m | official %s (same run) | %.2f (%.2f-%.2f) | %.0f |" % (
-                strategy, statistics.median(dec), min(dec), max(dec),
-                statistics.median(r["prefill_128"] for r in runs)), flush=True)
+    args.kernels = args.kernels or default_kernels()
+    args.membw = (64, 2) if args.smoke else (1024, 5)
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    print("\n%s, kernels: %s (packed = %s)" % (machine_line(args.threads), " and ".join(args.kernels),
+                                              rwkv_cpp.packed_kernels_name()), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        args.builds = library_packages(args.lib, Path(tmp))
+        for name in args.models:
+            bench_model(name, args, Path(tmp))
 
 
 if __name__ == "__main__":
     main()
-
-

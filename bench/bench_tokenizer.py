@@ -1,7 +1,7 @@
 """Encode speed of the World tokenizer (rwkv_cpp, C++ trie) against the
 official ``rwkv.rwkv_tokenizer.TRIE_TOKENIZER``.
 
-    python bench/bench_tokenizer.py [--text FILE ...] [--repeats N]
+    python -m bench.bench_tokenizer [--text FILE ...] [--repeats N]
 
 Default text: every Shakespeare file of ../shared/data/shakespeare/ (about
 5 MB).  First checks that both tokenizers give the same ids on the whole
@@ -15,7 +15,11 @@ import argparse
 import time
 from pathlib import Path
 
-SHAKESPEARE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "shakespeare"
+from rwkv_cpp.tokenizers import WorldTokenizer
+
+from .harness import REPO, print_table
+
+SHAKESPEARE = REPO.parent / "shared" / "data" / "shakespeare"
 
 
 def load_text(files):
@@ -35,15 +39,13 @@ def best_time(fn, repeats):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_tokenizer", description=__doc__.splitlines()[0])
     parser.add_argument("--text", nargs="*", help="text files (default: the Shakespeare corpus)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-official", action="store_true", help="skip the official tokenizer")
     args = parser.parse_args()
     text = load_text(args.text)
     n_bytes = len(text.encode("utf-8"))
-
-    from rwkv_cpp.tokenizers import WorldTokenizer
 
     start = time.perf_counter()
     ours = WorldTokenizer()
@@ -52,7 +54,7 @@ def main():
     rows = [("rwkv_cpp WorldTokenizer", load_s, ours_s)]
 
     if not args.no_official:
-        import rwkv.rwkv_tokenizer as official_module
+        import rwkv.rwkv_tokenizer as official_module  # optional: the official package (--no-official)
 
         vocab = Path(official_module.__file__).with_name("rwkv_vocab_v20230424.txt")
         start = time.perf_counter()
@@ -65,10 +67,9 @@ def main():
 
     print("text: %.2f MB, %d tokens (ids checked against the official tokenizer: %s)"
           % (n_bytes / 1e6, len(ids), "no" if args.no_official else "yes, identical"))
-    print("| tokenizer | load s | encode s | MB/s |")
-    print("| --- | ---: | ---: | ---: |")
-    for name, load, seconds in rows:
-        print("| %s | %.2f | %.3f | %.1f |" % (name, load, seconds, n_bytes / 1e6 / seconds))
+    print_table(["tokenizer", "load s", "encode s", "MB/s"],
+                [[name, "%.2f" % load, "%.3f" % seconds, "%.1f" % (n_bytes / 1e6 / seconds)]
+                 for name, load, seconds in rows])
 
 
 if __name__ == "__main__":

@@ -1,10 +1,10 @@
 """Decode speed of RWKV-5/6/7 models against the memory-bandwidth floor.
 
-    python bench/bench_wkv_decode.py                  # RWKV-7, 169M shape: L12 D768 V65536, head size 64
-    python bench/bench_wkv_decode.py --version 6.0    # any of 5.0 5.1 5.2 6.0 7.0
-    python bench/bench_wkv_decode.py --smoke          # tiny model, a few seconds, no timing claims
+    python -m bench.bench_wkv_decode                  # RWKV-7, 169M shape: L12 D768 V65536, head size 64
+    python -m bench.bench_wkv_decode --version 6.0    # any of 5.0 5.1 5.2 6.0 7.0
+    python -m bench.bench_wkv_decode --smoke          # tiny model, a few seconds, no timing claims
 
-What it does (the method of bench_decode.py, for the later versions):
+What it does (the method of bench.bench_speed, for the later versions):
 1. generates (once; cached under bench/cache/) a random-weight model of the
    version in the official .pth format (fp32 tensors), converts it to an
    FP32 and an FP16 GGUF, and quantizes the FP32 one to Q5_1 (default
@@ -19,8 +19,8 @@ What it does (the method of bench_decode.py, for the later versions):
    on this RWKV-7 169M shape the official float32 logits are 1.5e-4 from the
    float64 reference at the first token (ours 8e-6), hence the looser bound;
 3. times decode (one token per call, state carried) in separate worker
-   processes, interleaved round-robin over the files; reports the median
-   ms/token over all runs;
+   processes (bench/worker.py), interleaved round-robin over the files;
+   reports the median ms/token over all runs;
 4. prints the floor: the bytes one token reads (every tensor as stored,
    except one row of the embedding) divided by the read bandwidth measured
    by bench/membw.c with the same thread count (median over rounds of each
@@ -34,19 +34,24 @@ import json
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
-BENCH_DIR = Path(__file__).resolve().parent
-CACHE_DIR = BENCH_DIR / "cache"
-V7_WORKER = BENCH_DIR.parent / "tests" / "official_v7_worker.py"
-sys.path.insert(0, str(BENCH_DIR))
+import rwkv_cpp
+from rwkv_cpp.convert import convert_file
+from rwkv_cpp.convert.random_model import make_state_dict
+from rwkv_cpp.quantize import quantize
+from tests.reference_rwkv5plus import WkvReference, run as reference_run
 
-from bench_decode import measure_bandwidth  # noqa: E402
+from .harness import (CACHE, REPO, bench_tokens, bytes_per_token, floor_ms, measure_bandwidth, print_table,
+                      run_worker)
 
+V7_WORKER = REPO / "tests" / "official_v7_worker.py"
 CHECK_TOKENS = 4
 FP32_TOL = 1e-4      # ours FP32 vs the float64 reference
 OFFICIAL_TOL = 1e-3  # ours FP32 vs the official float32 (see the docstring)
@@ -61,30 +66,24 @@ class Shape:
     n_layer: int
     head_size: int
     tokens: int
-    warmup: int
     runs_per_process: int
     rounds: int
     membw_mib: int
 
 
-FULL = Shape("169m-shape", 65536, 768, 12, 64, tokens=64, warmup=8, runs_per_process=2, rounds=4, membw_mib=1024)
-SMOKE = Shape("smoke", 256, 64, 2, 16, tokens=8, warmup=2, runs_per_process=1, rounds=1, membw_mib=64)
+FULL = Shape("169m-shape", 65536, 768, 12, 64, tokens=64, runs_per_process=2, rounds=4, membw_mib=1024)
+SMOKE = Shape("smoke", 256, 64, 2, 16, tokens=8, runs_per_process=1, rounds=1, membw_mib=64)
 
 
 def paths(version: str, shape: Shape) -> dict:
-    base = CACHE_DIR / f"rwkv{version.replace('.', 'v')}-{shape.name}"
+    base = CACHE / f"rwkv{version.replace('.', 'v')}-{shape.name}"
     return {"pth": base.with_suffix(".pth"), "FP32": Path(f"{base}-FP32.gguf"),
             "FP16": Path(f"{base}-FP16.gguf"), "Q5_1": Path(f"{base}-Q5_1.gguf")}
 
 
 def build(version: str, shape: Shape) -> dict:
     """The cached .pth and its conversions (made once)."""
-    import torch
-    from rwkv_cpp.convert import convert_file
-    from rwkv_cpp.convert.random_model import make_state_dict
-    from rwkv_cpp.quantize import quantize
-
-    CACHE_DIR.mkdir(exist_ok=True)
+    CACHE.mkdir(exist_ok=True)
     p = paths(version, shape)
     if not p["pth"].exists():
         print(f"generating {p['pth']} ...", flush=True)
@@ -99,82 +98,46 @@ def build(version: str, shape: Shape) -> dict:
     return p
 
 
-def bytes_per_token(gguf: Path) -> int:
-    """Bytes one decode step reads: every tensor as stored, one embedding row."""
-    from rwkv_cpp.convert import read_gguf
-
-    g = read_gguf(str(gguf))
-    total = 0
-    for name, info in g.tensors.items():
-        total += info.nbytes // info.shape[0] if name == "emb.weight" else info.nbytes
-    return total
-
-
-def tokens_for(n_vocab: int, count: int) -> list:
-    return [int(t) for t in np.random.default_rng(1234).integers(0, n_vocab, size=count)]
-
-
 # -- correctness ---------------------------------------------------------------
 
 
-def official_logits(version: str, pth: Path, tokens: list, workdir: Path) -> np.ndarray:
-    """The official cpu fp32 logits, computed in another process."""
-    np.save(workdir / "tokens.npy", np.array(tokens))
-    out = workdir / "official.npz"
+def official_logits(version: str, pth: Path, shape: Shape, workdir: Path) -> np.ndarray:
+    """The official cpu fp32 logits of the check tokens, computed in
+    another process (RWKV-7: tests/official_v7_worker.py)."""
+    out = workdir / "official.npy"
     if version == "7.0":
+        np.save(workdir / "tokens.npy", bench_tokens(shape.n_vocab, CHECK_TOKENS))
         jobs = workdir / "jobs.json"
-        jobs.write_text(json.dumps([{"model": str(pth), "tokens": str(workdir / "tokens.npy"), "out": str(out)}]))
+        jobs.write_text(json.dumps([{"model": str(pth), "tokens": str(workdir / "tokens.npy"),
+                                     "out": str(workdir / "official.npz")}]))
         subprocess.run([sys.executable, str(V7_WORKER), str(jobs)], check=True, capture_output=True)
-    else:
-        subprocess.run([sys.executable, __file__, "--official-worker", str(pth), str(workdir / "tokens.npy"),
-                        str(out)], check=True, capture_output=True)
-    return np.load(out)["logits"]
+        return np.load(workdir / "official.npz")["logits"]
+    run_worker("official", pth, 2, decode_tokens=0, prefill=(), check=CHECK_TOKENS, check_out=out,
+               n_vocab=shape.n_vocab, no_jit=True)
+    return np.load(out)
 
 
-def official_worker(pth: str, tokens_path: str, out: str) -> None:
-    import os
-
-    os.environ["RWKV_JIT_ON"], os.environ["RWKV_CUDA_ON"] = "0", "0"
-    import torch
-    from rwkv.model import RWKV
-
-    model = RWKV(model=pth, strategy="cpu fp32", verbose=False)
-    state, logits = None, []
-    with torch.no_grad():
-        for token in np.load(tokens_path):
-            out_logits, state = model.forward([int(token)], state)
-            logits.append(out_logits.float().numpy().copy())
-    np.savez(out, logits=np.stack(logits))
-
-
-def our_logits(path: Path, tokens: list) -> np.ndarray:
-    import rwkv_cpp
-
+def our_logits(path: Path, tokens) -> np.ndarray:
     with rwkv_cpp.Model(str(path), n_threads=2) as model:
         state, out = None, []
         for token in tokens:
-            logits, state = model.eval(token, state)
+            logits, state = model.eval(int(token), state)
             out.append(np.array(logits, copy=True))
     return np.stack(out)
 
 
-def reference_logits(version: str, pth: Path, tokens: list) -> np.ndarray:
+def reference_logits(version: str, pth: Path, tokens) -> np.ndarray:
     """The float64 reference of tests/reference_rwkv5plus.py."""
-    import torch
-
-    sys.path.insert(0, str(BENCH_DIR.parent / "tests"))
-    import reference_rwkv5plus as ref
-
     weights = {k: v.float().numpy() for k, v in torch.load(str(pth), map_location="cpu").items()}
-    return ref.run(ref.WkvReference(weights, version), tokens)[0]
+    return reference_run(WkvReference(weights, version), [int(t) for t in tokens])[0]
 
 
 def check(version: str, p: dict, shape: Shape, workdir: Path) -> list:
-    tokens = tokens_for(shape.n_vocab, CHECK_TOKENS)
+    tokens = bench_tokens(shape.n_vocab, CHECK_TOKENS)
     ours = our_logits(p["FP32"], tokens)
     lines = []
     for label, expected, tol in (("float64 reference", reference_logits(version, p["pth"], tokens), FP32_TOL),
-                                 ("official cpu fp32", official_logits(version, p["pth"], tokens, workdir),
+                                 ("official cpu fp32", official_logits(version, p["pth"], shape, workdir),
                                   OFFICIAL_TOL)):
         err = float(np.abs(ours - expected).max())
         if err > tol:
@@ -189,40 +152,20 @@ def check(version: str, p: dict, shape: Shape, workdir: Path) -> list:
 # -- timing --------------------------------------------------------------------
 
 
-def timing_worker(path: str, threads: int, n_vocab: int, tokens: int, warmup: int, runs: int) -> None:
-    import rwkv_cpp
-
-    model = rwkv_cpp.Model(path, n_threads=threads)
-    seq = tokens_for(n_vocab, warmup + tokens)
-    state = None
-    for token in seq[:warmup]:
-        _, state = model.eval(token, state)
-    times = []
-    for _ in range(runs):
-        run_state = state
-        start = time.perf_counter()
-        for token in seq[warmup:]:
-            _, run_state = model.eval(token, run_state)
-        times.append((time.perf_counter() - start) * 1e3 / tokens)
-    print(json.dumps(times))
-
-
 def time_files(p: dict, shape: Shape, threads: int) -> tuple:
+    """{file type: ms/token of every run}, and the bandwidth of each round
+    (best of 5 reads)."""
     results = {t: [] for t in FILE_TYPES}
     bandwidth = []
     for _ in range(shape.rounds):
-        bandwidth.append(measure_bandwidth(threads, shape.membw_mib, 5)["best_gbs"])
+        bandwidth.append(measure_bandwidth(threads, shape.membw_mib, 5).best_gbs)
         for file_type in FILE_TYPES:
-            command = [sys.executable, __file__, "--timing-worker", str(p[file_type]), str(threads),
-                       str(shape.n_vocab), str(shape.tokens), str(shape.warmup), str(shape.runs_per_process)]
-            out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
-            results[file_type] += json.loads(out.strip().splitlines()[-1])
+            results[file_type] += run_worker("ours", p[file_type], threads, decode_tokens=shape.tokens,
+                                             runs=shape.runs_per_process, prefill=())["decode_ms"]
     return results, bandwidth
 
 
 def main(args) -> None:
-    import tempfile
-
     shape = SMOKE if args.smoke else FULL
     p = build(args.version, shape)
     print(f"RWKV-{args.version} {shape.name}: L{shape.n_layer} D{shape.n_embed} V{shape.n_vocab} "
@@ -233,34 +176,24 @@ def main(args) -> None:
     gbs = statistics.median(bandwidth)
     print(f"bandwidth (best of 5 reads of {shape.membw_mib} MiB, per round): "
           + ", ".join(f"{b:.1f}" for b in bandwidth) + f" GB/s; floor uses the median {gbs:.1f}")
-    print("| file | ms/token (median) | min | runs | MB read/token | floor ms | % of floor |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    rows = []
     for file_type, times in results.items():
         nbytes = bytes_per_token(p[file_type])
-        floor = nbytes / (gbs * 1e9) * 1e3
-        median = statistics.median(times)
-        print(f"| {file_type} | {median:.2f} | {min(times):.2f} | {len(times)} | {nbytes / 1e6:.1f} "
-              f"| {floor:.2f} | {100 * floor / median:.0f}% |")
+        floor, median = floor_ms(nbytes, gbs), statistics.median(times)
+        rows.append([file_type, f"{median:.2f}", f"{min(times):.2f}", len(times), f"{nbytes / 1e6:.1f}",
+                     f"{floor:.2f}", f"{100 * floor / median:.0f}%"])
+    print_table(["file", "ms/token (median)", "min", "runs", "MB read/token", "floor ms", "% of floor"], rows)
     for file_type, times in results.items():
         print(f"  {file_type}: " + " ".join(f"{t:.1f}" for t in times))
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.bench_wkv_decode", description=__doc__.split("\n\n")[0])
     ap.add_argument("--version", default="7.0", choices=("5.0", "5.1", "5.2", "6.0", "7.0"))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--smoke", action="store_true", help="tiny model, quick, no timing claims")
-    ap.add_argument("--timing-worker", nargs=6, help=argparse.SUPPRESS)
-    ap.add_argument("--official-worker", nargs=3, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
 
 if __name__ == "__main__":
-    a = parse_args()
-    if a.timing_worker:
-        path, threads, n_vocab, tokens, warmup, runs = a.timing_worker
-        timing_worker(path, int(threads), int(n_vocab), int(tokens), int(warmup), int(runs))
-    elif a.official_worker:
-        official_worker(*a.official_worker)
-    else:
-        main(a)
+    main(parse_args())

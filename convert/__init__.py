@@ -9,38 +9,27 @@ Command line: ``python -m rwkv_cpp.convert IN OUT [--type FP32|FP16]``.
 """
 
 from .checkpoint import open_checkpoint, sniff_format
-from .convert import (FORMAT_VERSION, LAYER_NORM_EPSILON, ConvertSummary,
-                      convert_checkpoint, convert_file, convert_state_dict,
-                      decay_transform, emb_with_ln0, layer_norm_f64)
+from .convert import convert_checkpoint, convert_file, convert_state_dict
 from .errors import ConvertError, UnsafePickleError, UnsupportedVersionError
-from .gguf_reader import GGUFFile, GGUFTensorInfo, read_gguf
 from .gguf_writer import GGUFWriter
 from .keys import normalize_name, normalize_names
 from .model import (RWKV4Params, WkvParams, check_rwkv4_tensors, check_wkv_tensors,
                     detect_version, infer_rwkv4_params, infer_wkv_params,
                     rwkv4_expected_shapes)
-from .plan_wkv import LN_X_EPSILON
+from .output import ConvertSummary
 from .pth import open_pth
+from .random_weights import (make_rwkv4_state_dict, make_rwkv5_state_dict, make_rwkv6_state_dict,
+                             make_rwkv7_state_dict, make_state_dict, save_safetensors)
 from .safetensors import open_safetensors, write_safetensors
 from .tensors import (Checkpoint, SourceTensor, bf16_bits_to_f32,
                       f32_to_bf16_bits, round_to_bf16)
-
-
-
-def __getattr__(name):
-    """Lazy exports of :mod:`.random_model` (imported on first use, so that
-    ``python -m rwkv_cpp.convert.random_model`` runs it only once)."""
-    if name in ("make_rwkv4_state_dict", "make_rwkv5_state_dict", "make_rwkv6_state_dict",
-                "make_rwkv7_state_dict", "make_state_dict", "save_safetensors"):
-        from . import random_model
-
-        return getattr(random_model, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+from .transforms import (FORMAT_VERSION, LAYER_NORM_EPSILON, LN_X_EPSILON, decay_transform,
+                         emb_with_ln0, layer_norm_f64)
 
 
 __all__ = [
-    "Checkpoint", "ConvertError", "ConvertSummary", "FORMAT_VERSION", "GGUFFile",
-    "GGUFTensorInfo", "GGUFWriter", "LAYER_NORM_EPSILON", "LN_X_EPSILON", "RWKV4Params",
+    "Checkpoint", "ConvertError", "ConvertSummary", "FORMAT_VERSION",
+    "GGUFWriter", "LAYER_NORM_EPSILON", "LN_X_EPSILON", "RWKV4Params",
     "SourceTensor", "UnsafePickleError", "UnsupportedVersionError",
     "WkvParams", "bf16_bits_to_f32", "check_rwkv4_tensors", "check_wkv_tensors",
     "convert_checkpoint",
@@ -48,7 +37,7 @@ __all__ = [
     "emb_with_ln0", "f32_to_bf16_bits", "infer_rwkv4_params", "infer_wkv_params",
     "layer_norm_f64", "make_rwkv4_state_dict", "make_rwkv5_state_dict",
     "make_rwkv6_state_dict", "make_rwkv7_state_dict", "make_state_dict", "normalize_name", "normalize_names",
-    "open_checkpoint", "open_pth", "open_safetensors", "read_gguf",
+    "open_checkpoint", "open_pth", "open_safetensors",
     "round_to_bf16", "rwkv4_expected_shapes", "save_safetensors", "sniff_format",
     "write_safetensors",
 ]

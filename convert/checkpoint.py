@@ -10,13 +10,11 @@ from __future__ import annotations
 import struct
 
 from .errors import ConvertError
+from .formats import LEGACY_MAGIC, LEGACY_TORCH_MAGIC, ZIP_MAGICS
 from .gguf_constants import GGUF_MAGIC
-from .legacy_bin import LEGACY_MAGIC
-from .pth import LEGACY_TORCH_MAGIC, check_not_legacy, open_pth
+from .pth import check_not_legacy, open_pth
 from .safetensors import open_safetensors
 from .tensors import Checkpoint
-
-ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 
 
 def sniff_format(path: str) -> str:

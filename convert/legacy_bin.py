@@ -27,10 +27,15 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from .errors import ConvertError, UnsupportedVersionError
+from .formats import LEGACY_MAGIC
 from .gguf_constants import GGMLType, ggml_nbytes
 from .gguf_writer import GGUFWriter
+from .model import RWKV4Params, WkvParams, detect_version
+from .output import (ConvertSummary, ProgressFn, resolve_ln_x_eps, resolve_tokenizer,
+                     write_file_atomically)
+from .plan_rwkv4 import add_rwkv4_metadata
+from .plan_wkv import add_wkv_metadata
 
-LEGACY_MAGIC = 0x67676D66
 SUPPORTED_VERSIONS = (100, 101)
 MAX_DIMS = 4
 MAX_KEY_LENGTH = 1024
@@ -156,10 +161,6 @@ def read_legacy_bin(path: str) -> LegacyFile:
     return LegacyFile(path, version, n_vocab, n_embed, n_layer, file_type, tensors)
 
 
-def _infer_tokenizer(n_vocab: int) -> str:
-    return {50277: "20B", 65536: "world", 256: "bytes"}.get(n_vocab, "")
-
-
 def _read_data(f, t: LegacyTensor) -> np.ndarray:
     f.seek(t.offset)
     raw = f.read(t.nbytes)
@@ -210,10 +211,14 @@ def _vector_f32(t: LegacyTensor, name: str, shape: Tuple[int, ...],
                 4 * int(np.prod(shape)))
 
 
-def _wkv_params(lf: LegacyFile, version: str):
-    """Hyper-parameters of an RWKV-5/6/7 rwkv.cpp file, from its shapes."""
-    from .model import WkvParams
+def _rwkv4_params(lf: LegacyFile) -> RWKV4Params:
+    """Hyper-parameters of an RWKV-4 rwkv.cpp file: the header and two shapes."""
+    return RWKV4Params(lf.n_vocab, lf.n_embed, lf.n_layer, lf.tensor("blocks.0.att.key.weight").shape[0],
+                       lf.tensor("blocks.0.ffn.key.weight").shape[0])
 
+
+def _wkv_params(lf: LegacyFile, version: str) -> WkvParams:
+    """Hyper-parameters of an RWKV-5/6/7 rwkv.cpp file, from its shapes."""
     head_from = {"6.0": "blocks.0.att.time_faaaa", "7.0": "blocks.0.att.r_k"}.get(version, "blocks.0.att.time_decay")
     n_head = lf.tensor(head_from).shape[0]
     if n_head <= 0 or lf.n_embed % n_head != 0:
@@ -266,38 +271,13 @@ def _v4_outputs(lf: LegacyFile) -> List[_Out]:
     return [_Out(t.name, t.shape, t.ggml_type, lambda f, t=t: _read_data(f, t), t.nbytes) for t in lf.tensors]
 
 
-def _ln_x_eps(ln_x_eps: Optional[float], version: str) -> float:
-    from .plan_wkv import LN_X_EPSILON
-
-    if ln_x_eps is None:
-        return LN_X_EPSILON
-    if version == "4":
-        raise ConvertError("--ln-x-eps applies to RWKV-5 and later; this is an RWKV-4 file")
-    if not 0.0 < float(ln_x_eps) < 1.0:
-        raise ConvertError(f"--ln-x-eps must lie in (0, 1), got {ln_x_eps}")
-    return float(ln_x_eps)
-
-
-def _add_v4_metadata(w: GGUFWriter, lf: LegacyFile, tok: str) -> Tuple[int, int]:
-    n_att = lf.tensor("blocks.0.att.key.weight").shape[0]
-    n_ffn = lf.tensor("blocks.0.ffn.key.weight").shape[0]
-    w.add_string("general.architecture", "rwkv4")
-    w.add_u32("general.alignment", w.alignment)
-    w.add_u32("general.file_type", lf.file_type)
-    w.add_u32("rwkv.format_version", 1)
-    w.add_string("rwkv.version", "4")
-    for key, value in (("n_vocab", lf.n_vocab), ("n_embed", lf.n_embed), ("n_layer", lf.n_layer),
-                       ("n_att", n_att), ("n_ffn", n_ffn)):
-        w.add_u32("rwkv." + key, value)
-    w.add_f32("rwkv.layer_norm_epsilon", 1e-5)
-    w.add_string("rwkv.tokenizer", tok)
-    w.add_bool("rwkv.emb_ln0_applied", False)
-    return n_att, n_ffn
+#: general.file_type (enum rwkv_type) -> the type's name in the summary.
+_TYPE_NAMES = {0: "FP32", 1: "FP16", 2: "Q8_0", 3: "Q5_0", 4: "Q5_1", 5: "Q4_0", 6: "Q4_1"}
 
 
 def legacy_to_gguf(src: str, dst: str, tokenizer: Optional[str] = None,
-                   progress: Optional[Callable[[int, int, str], None]] = None,
-                   ln_x_eps: Optional[float] = None) -> "ConvertSummary":
+                   progress: Optional[ProgressFn] = None,
+                   ln_x_eps: Optional[float] = None) -> ConvertSummary:
     """Writes our GGUF from an rwkv.cpp ``.bin`` (tensors copied as stored,
     quantized blocks byte for byte, with the per-version reshapes of
     docs/FORMAT.md; ln0 kept for the runtime to apply).  The runtime
@@ -307,42 +287,39 @@ def legacy_to_gguf(src: str, dst: str, tokenizer: Optional[str] = None,
     official 64e-5).  A .bin file does not say which one its model was made
     with: rwkv.cpp's RWKV-5 test fixtures were made with 1e-5.
     """
-    from .convert import ConvertSummary, write_file_atomically
-    from .model import detect_version
-    from .plan_wkv import add_wkv_metadata
-
     lf = read_legacy_bin(src)
     version = detect_version({t.name: t.shape for t in lf.tensors})
-    eps = _ln_x_eps(ln_x_eps, version)
-    tok = _infer_tokenizer(lf.n_vocab) if tokenizer is None else ("" if tokenizer == "none" else tokenizer)
-    hp = None if version == "4" else _wkv_params(lf, version)
-    outs = _v4_outputs(lf) if hp is None else _wkv_outputs(lf, hp)
-    total = sum(o.nbytes for o in outs)
-    dims = {}
+    eps = resolve_ln_x_eps(ln_x_eps, version)
+    tok = resolve_tokenizer(tokenizer, lf.n_vocab)
+    hp = _rwkv4_params(lf) if version == "4" else _wkv_params(lf, version)
+    outs = _v4_outputs(lf) if version == "4" else _wkv_outputs(lf, hp)
 
     def write(fout) -> int:
         w = GGUFWriter(fout)
-        if hp is None:
-            dims["n_att"], dims["n_ffn"] = _add_v4_metadata(w, lf, tok)
+        if version == "4":
+            add_rwkv4_metadata(w, hp, lf.file_type, tok, emb_ln0_applied=False)
         else:
             add_wkv_metadata(w, hp, lf.file_type, tok, eps, emb_ln0_applied=False)
         w.add_string("rwkv.source", "rwkv.cpp .bin version %d" % lf.version)
         for o in outs:
             w.add_tensor_info(o.name, o.shape, o.ggml_type)
         w.write_header()
-        done = 0
-        with open(src, "rb") as fin:
-            for o in outs:
-                w.write_tensor(o.name, o.produce(fin))
-                done += o.nbytes
-                if progress:
-                    progress(done, total, o.name)
+        _write_outputs(w, src, outs, progress)
         return w.finish()
 
     written = write_file_atomically(dst, write)
-    type_names = {0: "FP32", 1: "FP16", 2: "Q8_0", 3: "Q5_0", 4: "Q5_1", 5: "Q4_0", 6: "Q4_1"}
-    if hp is None:
-        return ConvertSummary("4", lf.n_vocab, lf.n_embed, lf.n_layer, dims["n_att"], dims["n_ffn"],
-                              type_names[lf.file_type], tok, len(outs), written, "rwkv_cpp_bin")
-    return ConvertSummary(version, lf.n_vocab, lf.n_embed, lf.n_layer, lf.n_embed, hp.n_ffn,
-                          type_names[lf.file_type], tok, len(outs), written, "rwkv_cpp_bin", hp.n_head, hp.head_size)
+    n_att, n_head, head_size = (hp.n_att, 0, 0) if version == "4" else (hp.n_embed, hp.n_head, hp.head_size)
+    return ConvertSummary(version, lf.n_vocab, lf.n_embed, lf.n_layer, n_att, hp.n_ffn,
+                          _TYPE_NAMES[lf.file_type], tok, len(outs), written, "rwkv_cpp_bin", n_head, head_size)
+
+
+def _write_outputs(w: GGUFWriter, src: str, outs: List[_Out], progress: Optional[ProgressFn]) -> None:
+    """Streams the tensors from the open .bin, one in memory at a time."""
+    total = sum(o.nbytes for o in outs)
+    done = 0
+    with open(src, "rb") as fin:
+        for o in outs:
+            w.write_tensor(o.name, o.produce(fin))
+            done += o.nbytes
+            if progress:
+                progress(done, total, o.name)

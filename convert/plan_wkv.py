@@ -17,12 +17,9 @@ from .gguf_constants import GGMLType
 from .gguf_writer import GGUFWriter
 from .model import WkvParams, v5_bonus_name
 from .tensors import SourceTensor
-from .transforms import (FORMAT_VERSION, LAYER_NORM_EPSILON, OutTensor, emb_with_ln0, exp_f32,
+from .transforms import (FORMAT_VERSION, LAYER_NORM_EPSILON, LN_X_EPSILON, OutTensor, emb_with_ln0, exp_f32,
                          exp_neg_exp, matrix_of, to_matrix_type)
 
-#: epsilon of the ln_x GroupNorm in every official RWKV-5/6/7 model
-#: (``F.group_norm(..., eps=64e-5)`` in rwkv/model.py).
-LN_X_EPSILON = 64e-5
 #: general.architecture of each version.
 ARCHITECTURES = {"5.0": "rwkv5", "5.1": "rwkv5", "5.2": "rwkv5", "6.0": "rwkv6", "7.0": "rwkv7"}
 #: metadata key of each LoRA rank.

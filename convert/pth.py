@@ -25,11 +25,8 @@ from typing import Dict, Tuple
 import numpy as np
 
 from .errors import ConvertError, UnsafePickleError
+from .formats import LEGACY_TORCH_MAGIC
 from .tensors import ITEMSIZE, RAW_NUMPY_DTYPES, Checkpoint, SourceTensor
-
-#: the first bytes of the legacy (torch < 1.6, non-zip) format: pickle
-#: protocol 2 followed by torch's magic number 0x1950a86a20f9469cfc6c.
-LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 
 #: data.pkl of a state dict is small; refuse absurd sizes (zip bombs).
 MAX_PICKLE_BYTES = 1 << 30

@@ -21,6 +21,9 @@ from .tensors import SourceTensor, raw_to_f32, round_to_bf16
 FORMAT_VERSION = 1
 #: epsilon of every LayerNorm (torch's default, used by BlinkDL).
 LAYER_NORM_EPSILON = 1e-5
+#: epsilon of the ln_x GroupNorm in every official RWKV-5/6/7 model
+#: (``F.group_norm(..., eps=64e-5)`` in rwkv/model.py).
+LN_X_EPSILON = 64e-5
 #: rows of the embedding layer-normalised at a time (bounds float64 memory).
 EMB_CHUNK_ROWS = 4096
 

@@ -6,17 +6,33 @@ from pathlib import Path
 
 import rwkv_cpp
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_bench(*args):
+    """python -m bench.NAME ARGS from the repository root, as documented."""
+    res = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    return res.stdout.splitlines()
 
 
 def test_speed_bench_smoke():
-    res = subprocess.run([sys.executable, str(BENCH / "bench_speed.py"), "--smoke", "--threads", "1"],
-                         capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr
-    lines = res.stdout.splitlines()
+    lines = run_bench("bench.bench_speed", "--smoke", "--threads", "1")
     kernels = ["packed", "ggml"] if rwkv_cpp.packed_kernels_available() else ["ggml"]
     for t in ("FP16", "Q8_0", "Q5_1", "Q4_0"):
         for k in kernels:
-            assert sum(l.startswith("| smoke | %s | %s |" % (t, k)) for l in lines) == 1, res.stdout
+            assert sum(l.startswith("| smoke | %s | %s |" % (t, k)) for l in lines) == 1, lines
         # the side-by-side ratio table, when both kernels ran
         assert sum(l.startswith("| smoke | %s | " % t) and l.endswith("x |") for l in lines) == (len(kernels) == 2)
+
+
+def test_speed_bench_compares_library_builds():
+    """--lib: two builds in the same rounds (here twice the installed
+    library; each worker checks that it mapped its own copy)."""
+    library = next(p for d in rwkv_cpp.__path__ for p in sorted(Path(d).glob("librwkv_cpp.*")))
+    lines = run_bench("bench.bench_speed", "--smoke", "--threads", "1", "--types", "FP16", "--kernels", "ggml",
+                      "--lib", "old=%s" % library, "--lib", "new=%s" % library)
+    for build in ("old", "new"):
+        assert sum(l.startswith("| smoke | FP16 | ggml | %s | " % build) for l in lines) == 2, lines
+    assert any(l.startswith("| model | type | kernels | build | decode ms/token (min-max) | time vs old |")
+               for l in lines), lines

@@ -27,9 +27,11 @@ from rwkv_cpp.convert import (  # noqa: E402
     UnsupportedVersionError, bf16_bits_to_f32, convert_file, convert_state_dict,
     decay_transform, detect_version, emb_with_ln0, f32_to_bf16_bits,
     make_rwkv4_state_dict, normalize_name, normalize_names, open_checkpoint,
-    open_pth, open_safetensors, read_gguf, rwkv4_expected_shapes, save_safetensors,
+    open_pth, open_safetensors, rwkv4_expected_shapes, save_safetensors,
     write_safetensors)
 from rwkv_cpp.convert.gguf_constants import GGMLType, GGUFValueType  # noqa: E402
+
+from gguf_reader import read_gguf  # noqa: E402
 
 # A small model with every dimension distinct, so a transposed or swapped
 # shape cannot go unnoticed: V=260, D=32, A=48 (n_att != n_embed), F=80.

@@ -7,9 +7,10 @@ import pytest
 
 import rwkv_cpp
 from rwkv_cpp import ModelFormatError, UnsupportedModelError
-from rwkv_cpp.convert import ConvertError, convert_file, read_gguf
+from rwkv_cpp.convert import ConvertError, convert_file
 from rwkv_cpp.convert.legacy_bin import read_legacy_bin
 
+from gguf_reader import read_gguf
 from shared_data import REFERENCE, need
 
 PROMPT = [34, 105, 110]  # the bytes of '"in'

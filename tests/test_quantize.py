@@ -10,8 +10,10 @@ import pytest
 
 import rwkv_cpp
 from rwkv_cpp import InvalidArgumentError, ModelFormatError, ModelIOError, UnsupportedModelError
-from rwkv_cpp.convert import convert_state_dict, make_rwkv4_state_dict, read_gguf
+from rwkv_cpp.convert import convert_state_dict, make_rwkv4_state_dict
 from rwkv_cpp.quantize import TYPES, quantize, type_code
+
+from gguf_reader import read_gguf
 
 N_VOCAB, N_EMBED, N_LAYER = 512, 128, 3
 

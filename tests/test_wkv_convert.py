@@ -11,12 +11,13 @@ import pytest
 
 import rwkv_cpp
 from rwkv_cpp import ModelFormatError
-from rwkv_cpp.convert import ConvertError, convert_state_dict, read_gguf
+from rwkv_cpp.convert import ConvertError, convert_state_dict
 from rwkv_cpp.convert.gguf_constants import GGMLType
 from rwkv_cpp.convert.random_model import (make_rwkv5_state_dict, make_rwkv6_state_dict,
                                            make_rwkv7_state_dict)
 from rwkv_cpp.quantize import quantize
 
+from gguf_reader import read_gguf
 from ggufgen import write_gguf
 
 V, D, L, N = 300, 64, 3, 16

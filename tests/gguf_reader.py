@@ -1,4 +1,6 @@
-"""A small pure-Python GGUF v3 reader, for tests and tools.
+"""A small pure-Python GGUF v3 reader, for tests and benchmarks: it reads
+back what the converter and the quantizer wrote (the package itself never
+reads GGUF in Python; the C library loads the files).
 
 :func:`read_gguf` parses the header, metadata and tensor infos, checking
 every count, length and offset against the file size; tensor data is read
@@ -14,10 +16,10 @@ from typing import Any, BinaryIO, Dict, Tuple
 
 import numpy as np
 
-from .errors import ConvertError
-from .gguf_constants import (GGML_BLOCK, GGML_MAX_DIMS, GGML_NUMPY_DTYPE,
-                             GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, SCALAR_FORMATS,
-                             GGMLType, GGUFValueType, align_up, ggml_nbytes)
+from rwkv_cpp.convert.errors import ConvertError
+from rwkv_cpp.convert.gguf_constants import (GGML_BLOCK, GGML_MAX_DIMS, GGML_NUMPY_DTYPE,
+                                             GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, SCALAR_FORMATS,
+                                             GGMLType, GGUFValueType, align_up, ggml_nbytes)
 
 
 @dataclass
