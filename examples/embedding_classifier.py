@@ -42,7 +42,7 @@ import numpy as np
 
 import rwkv_cpp
 from rwkv_cpp import embed_stats
-from rwkv_cpp._progress import Progress
+from rwkv_cpp._cli import Progress
 from rwkv_cpp.embedding import DEFAULT_PARTS, EmbedStats, Parts, RunningStats, from_state
 from rwkv_cpp.tokenizers import for_model
 

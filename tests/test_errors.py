@@ -158,19 +158,21 @@ def test_c_level_state_length_check(model):
     # Bypass the Python checks: the C library itself must refuse.
     from rwkv_cpp._lib import ffi, lib
     state = np.zeros(model.state_len + 1, np.float32)
-    status = lib.rwkv_eval(model._ctx, 1, ffi.NULL, ffi.cast("float *", ffi.from_buffer(state)),
-                           state.size, ffi.NULL, 0)
-    assert status == lib.RWKV_STATUS_ERROR_INVALID_ARGUMENT
-    assert "state buffer has 321 floats, the model needs 320" in ffi.string(
-        lib.rwkv_context_last_error(model._ctx)).decode()
+    with model.context(n_threads=1) as ctx:
+        status = lib.rwkv_eval(ctx._ctx, 1, ffi.NULL, ffi.cast("float *", ffi.from_buffer(state)),
+                               state.size, ffi.NULL, 0)
+        assert status == lib.RWKV_STATUS_ERROR_INVALID_ARGUMENT
+        assert "state buffer has 321 floats, the model needs 320" in ffi.string(
+            lib.rwkv_context_last_error(ctx._ctx)).decode()
 
 
 def test_error_then_success_clears_message(model):
     from rwkv_cpp._lib import ffi, lib
-    with pytest.raises(InvalidArgumentError):
-        model.eval(10 ** 6)
-    model.eval(1)
-    assert ffi.string(lib.rwkv_context_last_error(model._ctx)) == b""
+    with model.context(n_threads=1) as ctx:
+        with pytest.raises(InvalidArgumentError):
+            ctx.eval(10 ** 6)
+        ctx.eval(1)
+        assert ffi.string(lib.rwkv_context_last_error(ctx._ctx)) == b""
 
 
 def test_closed_model(good_file):

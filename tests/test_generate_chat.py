@@ -261,9 +261,9 @@ def test_generate_cli(model_dir):
 def test_no_model_message(monkeypatch, capsys):
     """Without --model and without a bundled model: a clear message."""
     import argparse
-    from rwkv_cpp import generate
-    monkeypatch.setattr(generate, "default_model_path", lambda: None)
-    assert generate.resolve_model_path(argparse.Namespace(model=None)) is None
+    from rwkv_cpp import _cli
+    monkeypatch.setattr(_cli, "default_model_path", lambda: None)
+    assert _cli.resolve_model_path(argparse.Namespace(model=None)) is None
     assert "no model: pass --model PATH" in capsys.readouterr().err
 
 
@@ -312,13 +312,13 @@ def test_chat_turns_and_state(byte_model, tmp_path):
 def test_chat_turn_is_the_persona_format(byte_model, tmp_path, monkeypatch):
     session, out, errors = chat_session(byte_model, tmp_path)
     prompts = []
-    original = byte_model.generate
+    original = chat_module.generate
 
-    def spy(prompt, **kwargs):
+    def spy(model, prompt, **kwargs):
         prompts.append((prompt, kwargs["sampling"]))
-        return original(prompt, **kwargs)
+        return original(model, prompt, **kwargs)
 
-    monkeypatch.setattr(byte_model, "generate", spy)
+    monkeypatch.setattr(chat_module, "generate", spy)
     session.handle("line one\\n\\n\\nline two -temp=0.5 -top_p=0.2")
     session.handle("+qa Why is the sky blue?")
     session.handle("+i List three colours")

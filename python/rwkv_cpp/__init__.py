@@ -3,6 +3,11 @@
     import rwkv_cpp
     with rwkv_cpp.Model("model.gguf") as model:
         logits, state = model.eval_sequence(tokens)
+        with model.context(n_threads=1) as ctx:   # one per thread
+            logits, state = ctx.eval_sequence(tokens)
+
+``Model`` (the weights; shareable by threads) and ``Context`` (one
+evaluation context; one thread at a time) mirror the C API's two objects.
 """
 
 from .errors import (
@@ -14,12 +19,13 @@ from .errors import (
     RWKVError,
     UnsupportedModelError,
 )
-from .model import Model, packed_kernels_available, packed_kernels_name
+from .model import Context, Model, packed_kernels_available, packed_kernels_name
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Model",
+    "Context",
     "packed_kernels_available",
     "packed_kernels_name",
     "RWKVError",

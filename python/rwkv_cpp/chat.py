@@ -19,10 +19,12 @@ import sys
 
 import numpy as np
 
-from . import tokenizers
+from . import state_file, tokenizers
+from ._cli import (add_model_arguments, add_sampling_arguments, resolve_model_path, sampling_from_args,
+                   use_replacing_stdout)
+from ._model import Model
 from .errors import RWKVError
-from .generate import (STOP_STRING, add_model_arguments, add_sampling_arguments, resolve_model_path,
-                       sampling_from_args, use_replacing_stdout)
+from .generate import STOP_STRING, generate
 from .state_file import StateFileError
 
 HELP = """commands:
@@ -130,7 +132,8 @@ class _Call:
 
 class ChatSession:
     """The chat's logic, apart from the terminal: ``handle(line)`` runs one
-    line; output goes to ``write`` (text pieces), errors to ``error``."""
+    line; output goes to ``write`` (text pieces), errors to ``error``.
+    ``model`` is a ``Model`` or a ``Context``."""
 
     def __init__(self, model, tokenizer, persona, sampling, max_tokens, state_dir, write, error):
         self.model = model
@@ -218,7 +221,7 @@ class ChatSession:
         path = self._state_path(name)
         if self.state is None:
             raise ValueError("nothing to save: the conversation has not started")
-        self.model.save_state(path, self.state, self.logits)
+        state_file.save(path, self.model, self.state, self.logits)
         self.write("(saved the conversation to %s)\n" % path)
 
     def load(self, name):
@@ -226,7 +229,7 @@ class ChatSession:
         if not os.path.exists(path):
             raise ValueError("no saved state %r (%s)" % (name, path))
         try:
-            self.state, self.logits = self.model.load_state(path, with_logits=True)
+            self.state, self.logits = state_file.load(path, self.model)
         except StateFileError as exc:
             raise ValueError("cannot load %r: %s" % (name, exc)) from None
         self._last_call = self._last_free = None
@@ -241,8 +244,8 @@ class ChatSession:
         """Generates for ``call``, streaming; updates the chat or the free state."""
         sampling = dataclasses.replace(call.sampling, seed=int(self.rng.integers(1 << 62)),
                                        stop=(TURN_END,) if call.kind == "chat" else ())
-        generation = self.model.generate(call.prompt, max_tokens=self.max_tokens, sampling=sampling,
-                                         state=call.state, logits=call.logits, tokenizer=self.tokenizer)
+        generation = generate(self.model, call.prompt, max_tokens=self.max_tokens, sampling=sampling,
+                              state=call.state, logits=call.logits, tokenizer=self.tokenizer)
         if call.kind == "chat":
             self.write(self.persona.bot + self.persona.sep)
         for piece in generation:
@@ -317,8 +320,6 @@ def _intro_text(value):
 
 def run(args, stdin, stdout, stderr):
     """The chat loop; returns the exit status."""
-    from .model import Model
-
     write, error = _writer(stdout), (lambda text: _writer(stderr)("error: %s\n" % text))
     path = resolve_model_path(args)
     if path is None:

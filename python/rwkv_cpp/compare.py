@@ -12,8 +12,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ._cli import add_tokenizer_argument, report_error
+from ._model import Model
 from ._scoring import kl_rows
-from .model import Model
+from .errors import RWKVError
+from .tokenizers import for_model
 
 
 @dataclass
@@ -82,24 +85,21 @@ def main(argv=None):
     src.add_argument("--text", help="UTF-8 text file to feed (tokenized with the model's tokenizer)")
     src.add_argument("--random", type=int, default=256, metavar="N", help="N random tokens (default)")
     ap.add_argument("--max-tokens", type=int, default=1024)
-    ap.add_argument("--tokenizer", default=None)
+    add_tokenizer_argument(ap)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
-    from .errors import RWKVError
     try:
         with Model(args.a) as a, Model(args.b) as b:
             if args.text:
-                from .tokenizers import for_model
                 with open(args.text, encoding="utf-8") as f:
                     tokens = for_model(a, args.tokenizer).encode(f.read())[:args.max_tokens]
             else:
                 tokens = np.random.default_rng(args.seed).integers(0, a.n_vocab, args.random)
             result = compare_models(a, b, tokens)
     except (RWKVError, OSError, ValueError) as exc:
-        print("error: %s" % exc, file=sys.stderr)
-        return 1
+        return report_error(exc)
     print(json.dumps(asdict(result)) if args.json else result.line())
     return 0
 

@@ -23,9 +23,11 @@ import sys
 
 import numpy as np
 
-from ._progress import Progress
+from ._cli import Progress, add_quiet_argument, add_threads_argument, add_tokenizer_argument, report_error
+from ._model import Model
 from .embedding import ALL_PARTS, EmbedStats, Parts, RunningStats, check_model, from_state
-from .model import Model
+from .errors import RWKVError
+from .tokenizers import for_model
 
 DEFAULT_PASSAGE_TOKENS = 128
 DEFAULT_MAX_PASSAGES = 2000
@@ -83,13 +85,11 @@ def main(argv=None):
     ap.add_argument("--max-passages", type=int, default=DEFAULT_MAX_PASSAGES,
                     help="at most this many passages, drawn at random (0: all)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the passage draw")
-    ap.add_argument("--tokenizer", default=None, help="world, 20B or bytes (default: from the model's metadata)")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_tokenizer_argument(ap)
+    add_threads_argument(ap)
+    add_quiet_argument(ap)
     args = ap.parse_args(argv)
 
-    from .errors import RWKVError
-    from .tokenizers import for_model
     try:
         with Model(args.model, n_threads=args.threads) as model:
             check_model(model)
@@ -100,8 +100,7 @@ def main(argv=None):
             bar.close()
             stats.save(args.output)
     except (RWKVError, OSError, ValueError) as exc:
-        print("error: %s" % exc, file=sys.stderr)
-        return 1
+        return report_error(exc)
     print("wrote %s: %d passages of %d tokens from %d file(s); parts %s (%d channels)" % (
         args.output, stats.n_passages, stats.passage_tokens, len(args.corpus), stats.parts.spec, stats.mean.size))
     return 0

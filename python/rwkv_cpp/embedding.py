@@ -48,10 +48,8 @@ The default parts were chosen by measurement on the bundled demo model
 
 import datetime
 import functools
-import json
 import os
 import re
-import struct
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -59,7 +57,8 @@ import numpy as np
 
 from ._lib import lib
 from .errors import InvalidArgumentError, UnsupportedModelError
-from .state_file import model_fingerprint, model_record
+from .sidecar import MODEL_KEYS, SidecarFormat, model_fingerprint, model_record, same_file, shape_differences
+from .tokenizers import for_model
 
 #: the vectors stored per layer in an RWKV-4 state, in state order.
 STATE_PARTS = ("att_xx", "aa", "bb", "pp", "ffn_xx")
@@ -276,8 +275,6 @@ def embed_many(model, texts, parts=DEFAULT_PARTS, stats=None, *, tokenizer=None,
 
 def _raw_embedding(model, text_or_tokens, parts, state, tokenizer):
     if isinstance(text_or_tokens, (str, bytes, bytearray, memoryview)):
-        from .tokenizers import for_model
-
         tokens = for_model(model, tokenizer).encode(text_or_tokens)
         if not tokens:
             raise InvalidArgumentError(lib.RWKV_STATUS_ERROR_INVALID_ARGUMENT, "nothing to embed: the text is empty")
@@ -347,25 +344,21 @@ def normalisation_scale(std, n_embed):
     return np.sqrt(blocks ** 2 + floor ** 2).reshape(-1)
 
 
-MAGIC = b"RWKVEMBS"
-FORMAT_VERSION = 1
-_MAX_HEADER_SIZE = 1 << 20
-_SHAPE_KEYS = ("n_vocab", "n_embed", "n_layer", "version", "state_len")
+#: the statistics file: a sidecar file (rwkv_cpp.sidecar), see EmbedStats
+FORMAT = SidecarFormat(magic=b"RWKVEMBS", version=1, kind="embedding statistics file", error=EmbedStatsError,
+                       required=MODEL_KEYS + ("fingerprint", "parts", "dim"), max_header=1 << 20)
 
 
 class EmbedStats:
     """Per-channel mean and std of the embeddings of ``parts`` (resolved
     layers) of one model, with the record of that model.
 
-    File layout (little-endian)::
+    File: a sidecar file (``rwkv_cpp.sidecar``, ``FORMAT``) with::
 
-        b"RWKVEMBS"        8-byte magic
-        uint32 format      FORMAT_VERSION
-        uint32 size        bytes of the JSON header that follows
-        header             UTF-8 JSON: the model record of state files
-                           (shape, fingerprint, file name), parts (names,
-                           layers), dim, n_passages, passage_tokens,
-                           sources, created
+        magic              b"RWKVEMBS"
+        header             the model record (shape, fingerprint, file
+                           name), parts (names, layers), dim, n_passages,
+                           passage_tokens, sources, created
         float32[dim]       mean
         float32[dim]       std (population)
     """
@@ -401,12 +394,11 @@ class EmbedStats:
         if key in self._verified:
             return
         info = self.model_info
-        differences = ["%s %r (this model: %r)" % (k, info[k], getattr(model, k))
-                       for k in _SHAPE_KEYS if info[k] != getattr(model, k)]
+        differences = shape_differences(info, model)
         if differences:
             raise EmbedStatsError("these embedding statistics belong to another model (%s): %s"
                                   % (info.get("model", "?"), "; ".join(differences)))
-        if check_fingerprint and info["fingerprint"] != model_fingerprint(model.path):
+        if check_fingerprint and not same_file(info, model):
             raise EmbedStatsError(
                 "these embedding statistics were collected with another model file of the same shape "
                 "(%s, fingerprint %s), not %s (fingerprint %s); collect them for this model with "
@@ -448,27 +440,18 @@ class EmbedStats:
         header.update(parts={"names": list(self.parts.names), "layers": list(self.parts.layers)},
                       dim=int(self.mean.size), n_passages=self.n_passages, passage_tokens=self.passage_tokens,
                       sources=self.sources, created=self.created)
-        encoded = json.dumps(header, sort_keys=True).encode("utf-8")
-        path = os.fspath(path)
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(MAGIC + struct.pack("<II", FORMAT_VERSION, len(encoded)) + encoded)
-            f.write(self.mean.astype("<f4").tobytes())
-            f.write(self.std.astype("<f4").tobytes())
-        os.replace(tmp, path)
+        FORMAT.write(path, header, [self.mean, self.std])
 
     @classmethod
     def load(cls, path, model=None, check_fingerprint=True):
         """Statistics read from ``path``; checked against ``model`` when given."""
         path = os.fspath(path)
-        with open(path, "rb") as f:
-            data = f.read()
-        header, offset = _read_header(data, path)
+        header, data = FORMAT.read(path)
         dim = header["dim"]
-        if len(data) != offset + 8 * dim:
-            raise EmbedStatsError("%s: %d bytes of data, expected %d" % (path, len(data) - offset, 8 * dim))
-        values = np.frombuffer(data, dtype="<f4", count=2 * dim, offset=offset).astype(np.float32)
-        info = {k: header[k] for k in _SHAPE_KEYS + ("fingerprint", "model") if k in header}
+        if not isinstance(dim, int) or dim < 0 or not isinstance(header["parts"], dict):
+            raise EmbedStatsError("%s: corrupt header (dim or parts)" % path)
+        values = FORMAT.floats(path, data, 2 * dim)
+        info = {k: header[k] for k in MODEL_KEYS + ("fingerprint", "model") if k in header}
         try:
             stats = cls(info, Parts(tuple(header["parts"]["names"]), tuple(header["parts"]["layers"])),
                         values[:dim], values[dim:], header.get("n_passages", 0), header.get("passage_tokens", 0),
@@ -482,27 +465,6 @@ class EmbedStats:
     def __repr__(self):
         return "<rwkv_cpp.embedding.EmbedStats %s parts=%r dim=%d passages=%d>" % (
             self.model_info.get("model", "?"), self.parts.spec, self.mean.size, self.n_passages)
-
-
-def _read_header(data, path):
-    prefix = len(MAGIC) + 8
-    if len(data) < prefix or data[: len(MAGIC)] != MAGIC:
-        raise EmbedStatsError("%s is not an rwkv_cpp embedding statistics file" % path)
-    version, size = struct.unpack_from("<II", data, len(MAGIC))
-    if version != FORMAT_VERSION:
-        raise EmbedStatsError("%s: statistics file format %d, this version reads %d" % (path, version, FORMAT_VERSION))
-    if size > _MAX_HEADER_SIZE or prefix + size > len(data):
-        raise EmbedStatsError("%s: truncated or corrupt header (%d bytes)" % (path, size))
-    try:
-        header = json.loads(data[prefix: prefix + size].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise EmbedStatsError("%s: corrupt header" % path) from None
-    required = _SHAPE_KEYS + ("fingerprint", "parts", "dim")
-    if not isinstance(header, dict) or any(k not in header for k in required):
-        raise EmbedStatsError("%s: the header lacks some of %s" % (path, ", ".join(required)))
-    if not isinstance(header["dim"], int) or header["dim"] < 0 or not isinstance(header["parts"], dict):
-        raise EmbedStatsError("%s: corrupt header (dim or parts)" % path)
-    return header, prefix + size
 
 
 def _vector(values, dim, what):

@@ -3,11 +3,14 @@
     python -m rwkv_cpp.generate "The capital of France is" --model MODEL.gguf \\
         [--max-tokens N --temperature T --top-p P --top-k K --seed S --tokenizer NAME]
 
-In Python, ``Model.generate`` returns a ``Generation``: iterate it for text
-pieces as they become valid UTF-8; afterwards (or at any point) its
-``state`` and ``logits`` are those after every token produced so far, so a
-later ``model.generate(more_text, state=g.state)`` (or, with no new text,
-``model.generate("", state=g.state, logits=g.logits)``) continues it.
+In Python, ``generate(model, prompt)`` (or ``Model.generate(prompt)``)
+returns a ``Generation``: iterate it for text pieces as they become valid
+UTF-8; afterwards (or at any point) its ``state`` and ``logits`` are those
+after every token produced so far, so a later ``generate(model, more_text,
+state=g.state)`` (or, with no new text, ``generate(model, "",
+state=g.state, logits=g.logits)``) continues it.  ``model`` is a ``Model``
+or a ``Context`` (for generating on several threads at once, one context
+each).
 """
 
 import argparse
@@ -17,7 +20,9 @@ import sys
 import numpy as np
 
 from . import tokenizers
-from ._defaults import default_model_path
+from ._cli import (add_model_arguments, add_sampling_arguments, argument_text, report_error, resolve_model_path,
+                   sampling_from_args, use_replacing_stdout)
+from ._model import Model
 from .errors import RWKVError
 from .sampling import Sampler, SamplingParams
 
@@ -156,61 +161,25 @@ def _check_prompt_ids(ids, model, tokenizer):
 
 def generate(model, prompt, max_tokens=200, sampling=None, state=None, tokenizer=None, *, logits=None,
              stop_at_eos=True):
-    """A ``Generation`` (see ``Model.generate``)."""
+    """Generates text after ``prompt`` with ``model`` (a ``Model`` or a
+    ``Context``); returns a ``Generation``, an iterator of text pieces as
+    they become valid UTF-8.
+
+    The prompt is prefilled with ``eval_sequence`` (from ``state``, or the
+    initial state).  ``sampling``: a ``rwkv_cpp.sampling.SamplingParams``
+    (default: the official PIPELINE_ARGS defaults).  ``tokenizer``: a name
+    or ``Tokenizer`` overriding the model's.  Generation ends after
+    ``max_tokens``, at a stop token (and the tokenizer's end of text unless
+    ``stop_at_eos=False``) or a stop string.  The generation's ``state`` and
+    ``logits`` continue it: ``generate(model, "", state=g.state,
+    logits=g.logits)``; an empty prompt needs both.
+    """
     return Generation(model, prompt, max_tokens, sampling, state, logits, tokenizer, stop_at_eos)
 
 
 # ---------------------------------------------------------------------------
 # command line
 # ---------------------------------------------------------------------------
-
-
-def add_sampling_arguments(parser, temperature=1.0, top_p=0.85):
-    group = parser.add_argument_group("sampling")
-    group.add_argument("--temperature", type=float, default=temperature, help="0 = greedy (default %(default)s)")
-    group.add_argument("--top-p", type=float, default=top_p, help="nucleus mass (default %(default)s)")
-    group.add_argument("--top-k", type=int, default=0, help="keep the k most probable tokens; 0 = all")
-    group.add_argument("--presence-penalty", type=float, default=0.2, help="alpha_presence (default %(default)s)")
-    group.add_argument("--frequency-penalty", type=float, default=0.2, help="alpha_frequency (default %(default)s)")
-    group.add_argument("--penalty-decay", type=float, default=0.996, help="alpha_decay (default %(default)s)")
-    group.add_argument("--seed", type=int, default=None, help="random seed (default: fresh)")
-
-
-def sampling_from_args(args, stop=()):
-    return SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                          alpha_presence=args.presence_penalty, alpha_frequency=args.frequency_penalty,
-                          alpha_decay=args.penalty_decay, stop=tuple(stop), seed=args.seed)
-
-
-def add_model_arguments(parser):
-    parser.add_argument("--model", help="model file (.gguf or rwkv.cpp .bin); default: the bundled demo model")
-    parser.add_argument("--tokenizer", help="override the model's tokenizer: %s"
-                        % ", ".join(tokenizers.NAMES))
-    parser.add_argument("--threads", type=int, default=None, help="compute threads (default: all CPUs)")
-
-
-def resolve_model_path(args):
-    """``--model``, else the default model; None (after a message) if neither."""
-    path = args.model or default_model_path()
-    if path is None:
-        print("error: no model: pass --model PATH (a .gguf file; convert official "
-              "checkpoints with python -m rwkv_cpp.convert)", file=sys.stderr)
-    return path
-
-
-def argument_text(arg):
-    """A command-line argument as text; undecodable bytes become U+FFFD."""
-    raw = os.fsencode(arg)
-    text = raw.decode("utf-8", errors="replace")
-    if text != arg:
-        print("warning: invalid UTF-8 in the prompt was replaced by U+FFFD", file=sys.stderr)
-    return text
-
-
-def use_replacing_stdout():
-    """Lets stdout print any text (unencodable characters are replaced)."""
-    if hasattr(sys.stdout, "reconfigure"):
-        sys.stdout.reconfigure(errors="replace")
 
 
 def main(argv=None):
@@ -229,13 +198,11 @@ def main(argv=None):
     path = resolve_model_path(args)
     if path is None:
         return 2
-    from .model import Model
-
     try:
         sampling = sampling_from_args(args, args.stop)
         with Model(path, n_threads=args.threads) as model:
-            generation = model.generate(prompt, max_tokens=args.max_tokens, sampling=sampling,
-                                        tokenizer=args.tokenizer)
+            generation = generate(model, prompt, max_tokens=args.max_tokens, sampling=sampling,
+                                  tokenizer=args.tokenizer)
             sys.stdout.write(prompt)
             for piece in generation:
                 sys.stdout.write(piece)
@@ -248,8 +215,7 @@ def main(argv=None):
         os.dup2(devnull, sys.stdout.fileno())
         return 0
     except (ValueError, OSError, RWKVError) as exc:
-        print("error: %s" % exc, file=sys.stderr)
-        return 1
+        return report_error(exc)
     return 0
 
 

@@ -21,9 +21,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ._progress import Progress
+from ._cli import Progress, add_quiet_argument, add_threads_argument, add_tokenizer_argument, report_error
+from ._model import Model
 from ._scoring import read_token_file, token_nll
-from .model import Model
+from .errors import RWKVError
+from .tokenizers import for_model
 
 DEFAULT_CHUNK = 256
 
@@ -105,18 +107,13 @@ def default_lambada_path():
     return None
 
 
-def _tokenizer(model, name):
-    from .tokenizers import for_model
-    return for_model(model, name)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m rwkv_cpp.perplexity",
                                  description="Perplexity of an RWKV model on a text file, or LAMBADA accuracy.",
                                  epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="model file (GGUF or rwkv.cpp .bin)")
     ap.add_argument("file", nargs="?", help="UTF-8 text file to score")
-    ap.add_argument("--tokenizer", default=None, help="world, 20B or bytes (default: from the model's metadata)")
+    add_tokenizer_argument(ap)
     ap.add_argument("--tokens", action="store_true",
                     help="FILE is pre-tokenized: a .npy array or whitespace-separated token ids")
     ap.add_argument("--max-tokens", type=int, default=None, help="score only the first N tokens")
@@ -124,14 +121,13 @@ def main(argv=None):
                     help="score LAMBADA (default path: ../shared/data/eval/lambada_test.jsonl)")
     ap.add_argument("--max-passages", type=int, default=None, help="LAMBADA: only the first N passages")
     ap.add_argument("--chunk", type=int, default=DEFAULT_CHUNK, help="tokens per evaluation call")
-    ap.add_argument("--threads", type=int, default=None)
+    add_threads_argument(ap)
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
-    ap.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_quiet_argument(ap)
     args = ap.parse_args(argv)
     if (args.file is None) == (args.lambada is None):
         ap.error("give either a text FILE or --lambada")
 
-    from .errors import RWKVError
     try:
         with Model(args.model, n_threads=args.threads) as model:
             bar = Progress("scoring", enabled=not args.quiet)
@@ -139,20 +135,19 @@ def main(argv=None):
                 path = args.lambada or default_lambada_path()
                 if not path or not os.path.exists(path):
                     ap.error("LAMBADA file not found; pass --lambada PATH")
-                result = lambada(model, _tokenizer(model, args.tokenizer), path, args.max_passages, bar.update)
+                result = lambada(model, for_model(model, args.tokenizer), path, args.max_passages, bar.update)
             else:
                 if args.tokens:
                     tokens = read_token_file(args.file)
                 else:
                     with open(args.file, encoding="utf-8") as f:
-                        tokens = _tokenizer(model, args.tokenizer).encode(f.read())
+                        tokens = for_model(model, args.tokenizer).encode(f.read())
                 if args.max_tokens:
                     tokens = tokens[:args.max_tokens]
                 result = perplexity(model, tokens, args.chunk, bar.update)
             bar.close()
     except (RWKVError, OSError, ValueError) as exc:
-        print("error: %s" % exc, file=sys.stderr)
-        return 1
+        return report_error(exc)
     print(json.dumps(asdict(result)) if args.json else result.line())
     return 0
 

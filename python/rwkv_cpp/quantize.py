@@ -10,9 +10,10 @@ import argparse
 import os
 import sys
 
+from ._cli import Progress, add_quiet_argument, add_threads_argument, report_error
 from ._lib import ffi, lib
-from ._progress import Progress
-from .errors import InvalidArgumentError, error_for
+from .errors import InvalidArgumentError, RWKVError, error_for
+from .legacy import as_gguf
 
 TYPES = ("FP32", "FP16", "Q8_0", "Q5_0", "Q5_1", "Q4_0", "Q4_1")
 _ERROR_BUF_SIZE = 1024
@@ -32,8 +33,6 @@ def quantize(src, dst, type_name, *, n_threads=None, quantize_head=None, quantiz
     """Writes ``dst``, a copy of the model ``src`` with matrices of type
     ``type_name``.  ``progress(fraction)`` is called after each tensor.
     Raises an :class:`rwkv_cpp.RWKVError` on failure."""
-    from .legacy import as_gguf  # rwkv.cpp .bin inputs are converted first
-
     code = type_code(type_name)
     params = ffi.new("struct rwkv_quantize_params *", lib.rwkv_quantize_default_params())
     if n_threads is not None:
@@ -73,17 +72,16 @@ def main(argv=None):
     ap.add_argument("input", help="model file: GGUF (from python -m rwkv_cpp.convert) or rwkv.cpp .bin")
     ap.add_argument("output", help="output GGUF path (written only when complete)")
     ap.add_argument("type", help="target type: " + ", ".join(TYPES))
-    ap.add_argument("--threads", type=int, default=None, help="worker threads (default: all CPUs)")
+    add_threads_argument(ap, "worker threads")
     ap.add_argument("--quantize-head", action="store_true", default=None,
                     help="quantize head.weight too (default: FP16; smaller and faster to decode, "
                          "less accurate: see docs/QUANTIZATION.md)")
     ap.add_argument("--quantize-emb", action="store_true", default=None,
                     help="quantize emb.weight too (default: FP16; only one row of it is read per token, "
                          "so this saves file size, not time)")
-    ap.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    add_quiet_argument(ap, "print nothing but errors")
     args = ap.parse_args(argv)
 
-    from .errors import RWKVError
     try:
         type_code(args.type)
     except RWKVError as exc:
@@ -92,14 +90,9 @@ def main(argv=None):
     try:
         quantize(args.input, args.output, args.type, n_threads=args.threads, quantize_head=args.quantize_head,
                  quantize_emb=args.quantize_emb, progress=bar.update)
-    except RWKVError as exc:
+    except (RWKVError, OSError) as exc:
         bar.close()
-        print("error: %s" % exc, file=sys.stderr)
-        return 1
-    except OSError as exc:
-        bar.close()
-        print("error: %s" % exc, file=sys.stderr)
-        return 1
+        return report_error(exc)
     bar.close()
     if not args.quiet:
         print("%s (%s) -> %s (%s, %s)" % (args.input, _size(args.input), args.output, _size(args.output),
