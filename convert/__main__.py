@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Optional, TextIO
 
+from tqdm import tqdm
+
 from .convert import convert_file
 from .errors import ConvertError
 
@@ -41,31 +43,25 @@ PROGRESS_MIN_BYTES = 16 << 20
 
 
 class ProgressPrinter:
-    """Progress by tensor bytes on stderr: a bar on a terminal, otherwise a
-    line every 10% (only for outputs of at least PROGRESS_MIN_BYTES)."""
+    """Progress by tensor bytes on stderr through tqdm: a bar on a terminal,
+    otherwise an update at most every 10 s, and only for outputs of at
+    least PROGRESS_MIN_BYTES."""
 
     def __init__(self, stream: TextIO):
         self.stream = stream
         self.tty = bool(getattr(stream, "isatty", lambda: False)())
-        self.last_step = -1
+        self.bar: Optional[tqdm] = None
 
     def __call__(self, done: int, total: int, name: str) -> None:
         if total <= 0 or (not self.tty and total < PROGRESS_MIN_BYTES):
             return
-        frac = done / total
-        if self.tty:
-            bar = "#" * int(frac * 30)
-            self.stream.write(f"\r[{bar:<30}] {frac * 100:5.1f}% {name[:40]:<40}")
-            if done >= total:
-                self.stream.write("\n")
-        else:
-            step = int(frac * 10)
-            if step == self.last_step:
-                return
-            self.last_step = step
-            self.stream.write(f"converting: {step * 10:3d}% "
-                              f"({done / 2**20:.1f} of {total / 2**20:.1f} MiB)\n")
-        self.stream.flush()
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc="converting", unit="B", unit_scale=True, unit_divisor=1024,
+                            file=self.stream, mininterval=0.1 if self.tty else 10.0)
+        self.bar.set_postfix_str(name[:40], refresh=False)
+        self.bar.update(done - self.bar.n)
+        if done >= total:
+            self.bar.close()
 
 
 TOKENIZER_CHOICES = ("20B", "world", "bytes", "none")

@@ -10,7 +10,8 @@ imports none.
 
 import os
 import sys
-import time
+
+from tqdm import tqdm
 
 from . import tokenizers
 from ._defaults import default_model_path
@@ -93,37 +94,22 @@ def report_error(exc):
 
 
 class Progress:
-    """A minimal progress display on stderr: a bar on a terminal, a line
-    every 10% otherwise (so logs stay readable).  ``update`` is a
+    """Progress on stderr through tqdm: a bar on a terminal, an update at
+    most every 10 s otherwise (so logs stay readable).  ``update`` is a
     ``progress(fraction)`` callback of the library's functions."""
 
     def __init__(self, label, stream=None, enabled=True):
-        self.label = label
-        self.stream = stream or sys.stderr
-        self.enabled = enabled
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.start = time.perf_counter()
-        self._last_decile = -1
+        stream = stream or sys.stderr
+        tty = hasattr(stream, "isatty") and stream.isatty()
+        self._bar = tqdm(total=100, desc=label, file=stream, disable=not enabled, leave=True,
+                         mininterval=0.1 if tty else 10.0,
+                         bar_format="{desc} {bar:30} {percentage:3.0f}% {elapsed}{postfix}")
 
     def update(self, fraction, extra=""):
-        if not self.enabled:
-            return
         fraction = min(max(float(fraction), 0.0), 1.0)
-        elapsed = time.perf_counter() - self.start
-        if self.tty:
-            width = 30
-            filled = int(round(width * fraction))
-            self.stream.write("\r%s [%s%s] %3d%% %5.1fs %s" % (
-                self.label, "#" * filled, "." * (width - filled), 100 * fraction, elapsed, extra))
-            self.stream.flush()
-        else:
-            decile = int(fraction * 10)
-            if decile > self._last_decile:
-                self._last_decile = decile
-                self.stream.write("%s: %3d%% (%.1fs) %s\n" % (self.label, 100 * fraction, elapsed, extra))
-                self.stream.flush()
+        if extra:
+            self._bar.set_postfix_str(extra, refresh=False)
+        self._bar.update(100 * fraction - self._bar.n)
 
     def close(self):
-        if self.enabled and self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+        self._bar.close()
