@@ -115,7 +115,7 @@ def test_graph_is_read():
     """The parser sees the imports the test relies on, deferred ones included."""
     graph = import_graph()
     assert "rwkv_cpp._lib" in graph["rwkv_cpp._model"]
-    assert "rwkv_cpp.convert.legacy_bin" in graph["rwkv_cpp.legacy"]  # inside a function
+    assert "rwkv_cpp.convert.legacy_bin" in graph["rwkv_cpp.legacy"]  # into the subpackage
     assert "rwkv_cpp.generate" in graph["rwkv_cpp.model"]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
 
@@ -137,3 +137,17 @@ def test_low_layer_imports_no_higher_layer():
 def test_convert_has_no_import_cycle():
     found = [c for c in cycles(import_graph()) if all(in_convert(m) for m in c)]
     assert not found, "import cycles: " + describe(found)
+
+
+def test_convert_imports_at_module_top():
+    """The converter imports at the top of its modules: no import hidden in
+    a function (where the old cycle hid)."""
+    hidden = []
+    for name, path in module_files().items():
+        if not in_convert(name):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                hidden += ["%s:%d" % (path.name, n.lineno) for n in ast.walk(node)
+                           if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert not hidden, "imports inside functions: " + ", ".join(hidden)

@@ -8,11 +8,12 @@ import shutil
 import tempfile
 
 from ._lib import lib
+from .convert.errors import ConvertError, UnsupportedVersionError
+from .convert.legacy_bin import is_legacy_bin, legacy_to_gguf
 from .errors import ModelFormatError, ModelIOError, UnsupportedModelError
 
 
 def is_legacy(path):
-    from .convert.legacy_bin import is_legacy_bin
     try:
         return is_legacy_bin(os.fspath(path))
     except OSError:
@@ -22,9 +23,6 @@ def is_legacy(path):
 def convert_to_temp(path):
     """Converts a legacy file into a new temporary folder; returns
     (gguf_path, folder).  Errors become rwkv_cpp exceptions."""
-    from .convert.errors import ConvertError, UnsupportedVersionError
-    from .convert.legacy_bin import legacy_to_gguf
-
     folder = tempfile.mkdtemp(prefix="rwkv_cpp_legacy_")
     out = os.path.join(folder, "model.gguf")
     try:
