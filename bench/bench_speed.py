@@ -5,7 +5,7 @@ tokens/s at 128 and 512 tokens, peak RSS and load time, per format; with
 official package on the same weights.
 
     python -m bench.bench_speed [--models 169m 430m 1.5b] [--types FP16 Q8_0 Q5_1 Q4_0]
-        [--kernels packed ggml] [--threads 2] [--procs 3] [--runs-per-process 1]
+        [--kernels packed ggml] [--packed-isa avx2] [--threads 2] [--procs 3] [--runs-per-process 1]
         [--lib old=OLD/librwkv_cpp.so --lib new=NEW/librwkv_cpp.so] [--official] [--smoke]
 
 Method:
@@ -105,7 +105,7 @@ def measure(name: str, files: Dict[str, Path], args, vs: List[Variant], tmp: Pat
                                **common)
             else:
                 r = run_worker("ours", files[v.type], args.threads, repack=(v.kernel == "packed"),
-                               package=v.package, **common)
+                               packed_isa=args.packed_isa, package=v.package, **common)
             r["bandwidth"] = bw.median_gbs
             r["decode"] = statistics.median(r["decode_ms"])
             if check_tokens:
@@ -231,6 +231,9 @@ def parse_args(argv=None):
     ap.add_argument("--models", nargs="+", default=["169m", "430m", "1.5b"])
     ap.add_argument("--types", nargs="+", default=["FP16", "Q8_0", "Q5_1", "Q4_0"],
                     help="file types (FP32, FP16 or a quantized type)")
+    ap.add_argument("--packed-isa", default="auto", choices=["auto", "avx512", "avx2"],
+                    help="cap the packed kernels at this instruction set (Model(packed_isa=...)), e.g. avx2 "
+                         "to measure what a CPU without AVX-512 gains")
     ap.add_argument("--kernels", nargs="+", choices=["packed", "ggml"], default=None,
                     help="which matrix kernels to time (default: packed and ggml where the CPU has the packed ones)")
     ap.add_argument("--threads", type=int, default=2)
@@ -255,8 +258,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    print("\n%s, kernels: %s (packed = %s)" % (machine_line(args.threads), " and ".join(args.kernels),
-                                              rwkv_cpp.packed_kernels_name()), flush=True)
+    packed = rwkv_cpp.packed_kernels_name() if args.packed_isa == "auto" else "capped at " + args.packed_isa
+    print("\n%s, kernels: %s (packed = %s)" % (machine_line(args.threads), " and ".join(args.kernels), packed),
+          flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         args.builds = library_packages(args.lib, Path(tmp))
         for name in args.models:

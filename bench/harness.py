@@ -163,7 +163,8 @@ def floor_ms(nbytes: int, gbs: float) -> float:
 
 def run_worker(kind: str, model: Path, threads: int, *, decode_tokens: int = 32, runs: int = 1,
                prefill: Sequence[int] = (128, 512), check: int = 0, check_out: Optional[Path] = None,
-               repack: bool = True, package: Optional[str] = None, strategy: Optional[str] = None,
+               repack: bool = True, packed_isa: str = "auto", package: Optional[str] = None,
+               strategy: Optional[str] = None,
                n_vocab: Optional[int] = None, no_jit: bool = False) -> dict:
     """One measurement in a fresh process (bench/worker.py documents the
     steps and the options); returns its result."""
@@ -172,6 +173,7 @@ def run_worker(kind: str, model: Path, threads: int, *, decode_tokens: int = 32,
     if check:
         cmd += ["--check", str(check), "--check-out", str(check_out)]
     cmd += [] if repack else ["--no-repack"]
+    cmd += ["--packed-isa", packed_isa] if packed_isa != "auto" else []
     cmd += ["--package", package] if package else []
     cmd += ["--strategy", strategy] if strategy else []
     cmd += ["--n-vocab", str(n_vocab)] if n_vocab else []

@@ -98,7 +98,9 @@ def measure_ours(args) -> dict:
     """Load, first token, check logits, warm-up, decode, prefill, peak RSS."""
     t0 = time.perf_counter()
     rwkv_cpp = import_rwkv_cpp(args.package)
-    m = rwkv_cpp.Model(args.model, n_threads=args.threads, repack=args.repack)
+    # packed_isa only when asked: builds from before the parameter lack it
+    isa = {} if args.packed_isa == "auto" else {"packed_isa": args.packed_isa}
+    m = rwkv_cpp.Model(args.model, n_threads=args.threads, repack=args.repack, **isa)
     t_load = time.perf_counter() - t0
     toks = bench_tokens(m.n_vocab, max(TOKEN_COUNT, 1 + WARMUP_TOKENS + args.decode_tokens, *args.prefill))
     t1 = time.perf_counter()
@@ -173,6 +175,8 @@ def parse_args(argv=None):
     ap.add_argument("--check", type=int, default=0, help="save the logits of this many first tokens")
     ap.add_argument("--check-out", help=".npy file for the check logits")
     ap.add_argument("--no-repack", dest="repack", action="store_false", help="ours: ggml's kernels")
+    ap.add_argument("--packed-isa", default="auto", choices=["auto", "avx512", "avx2", "none"],
+                    help="ours: cap the packed kernels (Model(packed_isa=...))")
     ap.add_argument("--package", help="ours: load rwkv_cpp from this folder (bench.harness.library_packages)")
     ap.add_argument("--strategy", default="cpu fp32", help="official: the strategy string")
     ap.add_argument("--n-vocab", type=int, default=50277, help="official: vocabulary of the model")
