@@ -6,6 +6,7 @@
 
 namespace rwkv {
 
+using ops::CHANNEL_BLOCK;
 using ops::f32;
 using ops::f32_mut;
 using ops::Range;
@@ -13,8 +14,6 @@ using ops::sigmoid;
 using ops::thread_range;
 
 namespace {
-
-constexpr int CHANNEL_BLOCK = 16;  // one cache line of floats per thread boundary
 
 void relu_sq_compute(ggml_tensor * dst, int ith, int nth, void * /*userdata*/) {
     const Range r = thread_range(ggml_nelements(dst), ith, nth, CHANNEL_BLOCK);

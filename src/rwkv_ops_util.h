@@ -24,6 +24,10 @@ inline void check_f32(const ggml_tensor * t, int64_t numel) {
     GGML_ASSERT(t->type == GGML_TYPE_F32 && ggml_is_contiguous(t) && ggml_nelements(t) == numel);
 }
 
+// Floats per block of a channel-wise thread split: one cache line, so two
+// threads never write the same line.
+constexpr int CHANNEL_BLOCK = 16;
+
 struct Range {
     int64_t begin;
     int64_t end;

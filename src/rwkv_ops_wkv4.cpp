@@ -9,6 +9,7 @@
 
 namespace rwkv {
 
+using ops::CHANNEL_BLOCK;
 using ops::f32;
 using ops::f32_mut;
 using ops::Range;
@@ -16,8 +17,6 @@ using ops::sigmoid;
 using ops::thread_range;
 
 namespace {
-
-constexpr int CHANNEL_BLOCK = 16;  // one cache line of floats per thread boundary
 
 // The scalar WKV-4 recurrence over channels [c0, c1) of A: writes out =
 // sigmoid(r) * wkv and the new (aa, bb, pp) into state_out.
