@@ -182,6 +182,7 @@ static ggml_type policy_type(const TensorEntry & e, rwkv_type target, const rwkv
 void quantize_file(const std::string & in, const std::string & out_path, rwkv_type target,
                    const rwkv_quantize_params & params) {
     rwkv_model_params mp = default_model_params();
+    mp.repack = false;  // the quantizer reads the file's tensors; a packed copy would only cost time and memory
     std::unique_ptr<Model> model = Model::load(in, mp);
     const ggml_type want = ggml_type_of(target);
     // Re-quantizing quantized weights compounds two rounding errors: refuse,

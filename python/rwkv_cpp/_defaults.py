@@ -1,4 +1,4 @@
-"""Defaults of the command-line programs, in one place."""
+"""Where the bundled demo model is (``Model.default()`` and the programs' default)."""
 
 import os
 

@@ -3,10 +3,13 @@ conveniences as methods.
 
 Layers, each importing only those below it::
 
-    _lib, errors, legacy      the cffi binding, exceptions, .bin loading
+    _lib, errors, legacy, _defaults
+                              the cffi binding, exceptions, .bin loading,
+                              the bundled model's path
     _model                    Model (struct rwkv_model) and Context
                               (struct rwkv_context), one class per C object
-    sidecar, tokenizers, sampling, _cli
+    sidecar, tokenizers, sampling, _scoring
+    _cli                      what the command-line programs share
     state_file, embedding, generate
                               functions taking a Model or a Context
     model                     this module: Model with generate, save_state,
