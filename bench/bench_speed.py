@@ -52,6 +52,7 @@ import numpy as np
 
 import rwkv_cpp
 
+from . import harness
 from .harness import (SHAPES, bytes_per_token, default_kernels, floor_ms, kl, library_packages,
                       machine_line, measure_bandwidth, median_range, print_table, run_worker,
                       rwkv4_files, rwkv4_pth)
@@ -248,7 +249,11 @@ def parse_args(argv=None):
                     help="also time the official package (cpu fp32, cpu bf16; needs torch and rwkv) on a .pth "
                          "of the same weights, and check ours against it")
     ap.add_argument("--smoke", action="store_true", help="tiny model, one process: checks the bench runs")
+    ap.add_argument("--cache-dir", default=None,
+                    help="folder for the generated models and the bandwidth probe (default: bench/cache)")
     args = ap.parse_args(argv)
+    if args.cache_dir:
+        harness.CACHE = Path(args.cache_dir)
     if args.smoke:
         args.models, args.procs, args.decode_tokens = ["smoke"], 1, 4
     args.kernels = args.kernels or default_kernels()

@@ -8,8 +8,8 @@ A checkpoint is described by a ``CheckpointSpec``; each is written in the
 official ``.pth`` format twice (fp32 and bf16 tensors, the same random
 numbers) and each ``.pth`` is converted to an FP32 and an FP16 GGUF file with
 ``rwkv_cpp.convert.convert_file``.  The official package and torch are
-optional test dependencies: tests that need them are skipped with a reason
-when they are missing.  (The sequence tests use GGUF files converted from
+test dependencies: tests that need them are skipped with a reason when they
+are missing, and under CI (tests/skip_policy.py) such a skip is a failure.  (The sequence tests use GGUF files converted from
 .safetensors checkpoints and run without torch.)
 """
 
@@ -25,6 +25,8 @@ import numpy as np
 import pytest
 
 import reference_rwkv4 as ref
+
+pytest_plugins = ["skip_policy"]  # skips not on its allow-list fail under CI
 
 # ---------------------------------------------------------------------------
 # What is built

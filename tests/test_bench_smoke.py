@@ -4,20 +4,25 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import rwkv_cpp
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_bench(*args):
-    """python -m bench.NAME ARGS from the repository root, as documented."""
-    res = subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+def run_bench(cache_dir, *args):
+    """python -m bench.NAME ARGS from the repository root, as documented, with
+    its models and compiled probe in ``cache_dir`` (not the checkout)."""
+    res = subprocess.run([sys.executable, "-m", *args, "--cache-dir", str(cache_dir)], cwd=REPO,
+                         capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr
     return res.stdout.splitlines()
 
 
-def test_speed_bench_smoke():
-    lines = run_bench("bench.bench_speed", "--smoke", "--threads", "1")
+@pytest.mark.timeout(300)
+def test_speed_bench_smoke(tmp_path):
+    lines = run_bench(tmp_path, "bench.bench_speed", "--smoke", "--threads", "1")
     kernels = ["packed", "ggml"] if rwkv_cpp.packed_kernels_available() else ["ggml"]
     for t in ("FP16", "Q8_0", "Q5_1", "Q4_0"):
         for k in kernels:
@@ -26,11 +31,12 @@ def test_speed_bench_smoke():
         assert sum(l.startswith("| smoke | %s | " % t) and l.endswith("x |") for l in lines) == (len(kernels) == 2)
 
 
-def test_speed_bench_compares_library_builds():
+@pytest.mark.timeout(300)
+def test_speed_bench_compares_library_builds(tmp_path):
     """--lib: two builds in the same rounds (here twice the installed
     library; each worker checks that it mapped its own copy)."""
     library = next(p for d in rwkv_cpp.__path__ for p in sorted(Path(d).glob("librwkv_cpp.*")))
-    lines = run_bench("bench.bench_speed", "--smoke", "--threads", "1", "--types", "FP16", "--kernels", "ggml",
+    lines = run_bench(tmp_path, "bench.bench_speed", "--smoke", "--threads", "1", "--types", "FP16", "--kernels", "ggml",
                       "--lib", "old=%s" % library, "--lib", "new=%s" % library)
     for build in ("old", "new"):
         assert sum(l.startswith("| smoke | FP16 | ggml | %s | " % build) for l in lines) == 2, lines

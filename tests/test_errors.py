@@ -205,6 +205,6 @@ def test_library_is_silent(tmp_path, good_file):
     path = tmp_path / "trunc.gguf"
     path.write_bytes(data[:200])
     code = ("import rwkv_cpp\ntry:\n    rwkv_cpp.Model(%r)\nexcept rwkv_cpp.RWKVError:\n    pass\n" % str(path))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=os.path.dirname(__file__))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=os.path.dirname(__file__), timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout == "" and out.stderr == ""

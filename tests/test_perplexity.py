@@ -98,7 +98,7 @@ def test_cli(tmp_path, paths):
     text.write_text("Shall I compare thee to a summer's day? " * 5)
     toks = tmp_path / "t.ids"
     toks.write_text(" ".join(str(b) for b in text.read_bytes()))
-    run = lambda *a: subprocess.run([sys.executable, "-m", *a], capture_output=True, text=True)
+    run = lambda *a: subprocess.run([sys.executable, "-m", *a], capture_output=True, text=True, timeout=120)
     r1 = run("rwkv_cpp.perplexity", str(paths[0]), str(toks), "--tokens", "--json", "-q")
     assert r1.returncode == 0, r1.stderr
     r2 = run("rwkv_cpp.perplexity", str(paths[0]), str(toks), "--tokens", "--json", "-q", "--max-tokens", "50")

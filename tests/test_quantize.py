@@ -126,7 +126,7 @@ def test_unknown_type_name(tmp_path, fp32_file):
     with pytest.raises(InvalidArgumentError, match="unknown type 'Q3_K'"):
         quantize(fp32_file, tmp_path / "x.gguf", "Q3_K")
     res = subprocess.run([sys.executable, "-m", "rwkv_cpp.quantize", str(fp32_file), str(tmp_path / "x.gguf"), "Q3_K"],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "unknown type 'Q3_K'" in res.stderr
 
 
@@ -146,9 +146,9 @@ def test_bad_inputs(tmp_path, fp32_file):
 def test_cli_prints_sizes(tmp_path, fp32_file):
     out = tmp_path / "cli.gguf"
     res = subprocess.run([sys.executable, "-m", "rwkv_cpp.quantize", str(fp32_file), str(out), "q8_0",
-                          "--threads", "2"], capture_output=True, text=True)
+                          "--threads", "2"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "MiB" in res.stderr and "Q8_0" in res.stderr
     assert out.stat().st_size < fp32_file.stat().st_size / 2
-    help_ = subprocess.run([sys.executable, "-m", "rwkv_cpp.quantize", "--help"], capture_output=True, text=True)
+    help_ = subprocess.run([sys.executable, "-m", "rwkv_cpp.quantize", "--help"], capture_output=True, text=True, timeout=120)
     assert help_.returncode == 0 and "Q5_1" in help_.stdout

@@ -192,7 +192,7 @@ def test_ln_x_eps_option(tmp_path):
     save_safetensors(str(tmp_path / "m.safetensors"), _sd("5.2"))
     out = tmp_path / "m.gguf"
     done = subprocess.run([sys.executable, "-m", "rwkv_cpp.convert", str(tmp_path / "m.safetensors"), str(out),
-                           "--ln-x-eps", "1e-5", "-q"], capture_output=True, text=True)
+                           "--ln-x-eps", "1e-5", "-q"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert math.isclose(read_gguf(str(out)).kv["rwkv.ln_x_epsilon"], 1e-5, rel_tol=1e-6)
     with pytest.raises(ConvertError, match=r"must lie in \(0, 1\)"):

@@ -152,7 +152,7 @@ class WkvZoo(CheckpointCache):
                          "out": str(self.root / f"{n}-{source_dtype}-official.npz")})
         spec_file = self.root / f"v7-jobs-{source_dtype}.json"
         spec_file.write_text(json.dumps(jobs))
-        done = subprocess.run([sys.executable, str(WORKER), str(spec_file)], capture_output=True, text=True)
+        done = subprocess.run([sys.executable, str(WORKER), str(spec_file)], capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
             raise RuntimeError(f"official RWKV-7 worker failed:\n{done.stderr[-4000:]}")
         for n, job in zip(names, jobs):
