@@ -25,6 +25,8 @@ constexpr uint32_t MAX_EMBED = 1u << 16;
 constexpr uint32_t MAX_LAYER = 1u << 12;
 constexpr uint32_t MAX_HEAD_SIZE = 1u << 12;  // official models: 64
 constexpr size_t WEIGHT_ALIGNMENT = 32;  // ggml CPU buffers need 32-byte aligned data
+// Tensors of one layer in the smallest layout (RWKV-4: 18; 5.0: 20; later more).
+constexpr uint64_t MIN_TENSORS_PER_LAYER = 18;
 
 enum class Kind { VECTOR, MATRIX };
 
@@ -281,6 +283,14 @@ void Model::read_hparams() {
     hp_.n_vocab = get_ranged_u32(f, "rwkv.n_vocab", 1, MAX_VOCAB);
     hp_.n_embed = get_ranged_u32(f, "rwkv.n_embed", 1, MAX_EMBED);
     hp_.n_layer = get_ranged_u32(f, "rwkv.n_layer", 1, MAX_LAYER);
+    // The tables of expected tensors grow with n_layer: a count that the
+    // file's tensors cannot hold is refused before they are built, so that a
+    // small file never makes the loader allocate more than its own size.
+    if (hp_.n_layer * MIN_TENSORS_PER_LAYER > static_cast<uint64_t>(f.n_tensors())) {
+        fail(RWKV_STATUS_ERROR_FILE_FORMAT, "metadata rwkv.n_layer = %u, but the file has only %lld tensors "
+             "(each layer has at least %llu)", hp_.n_layer, static_cast<long long>(f.n_tensors()),
+             static_cast<unsigned long long>(MIN_TENSORS_PER_LAYER));
+    }
     hp_.n_ffn = get_ranged_u32(f, "rwkv.n_ffn", 1, 16 * MAX_EMBED);
     hp_.ln_eps = get_epsilon(f, "rwkv.layer_norm_epsilon");
     hp_.file_type = static_cast<rwkv_type>(get_ranged_u32(f, "general.file_type", RWKV_TYPE_FP32, RWKV_TYPE_Q4_1));
