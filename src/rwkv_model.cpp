@@ -230,7 +230,7 @@ void add_ffn_rkv_specs(std::vector<TensorSpec> & specs, const std::string & p, c
 // The kernels a model packs for: those asked for or, where this process
 // cannot run them (packed_isa(): the CPU's best, capped by the debugging
 // variable), the best below them that it can.
-PackedIsa packed_kernels_for(rwkv_packed_isa requested) {
+PackedIsa packed_kernels_for(int requested) {
     PackedIsa want = PackedIsa::NONE;
     switch (requested) {
         case RWKV_PACKED_ISA_AUTO:
@@ -239,7 +239,7 @@ PackedIsa packed_kernels_for(rwkv_packed_isa requested) {
         case RWKV_PACKED_ISA_NONE: want = PackedIsa::NONE; break;
         default:
             fail(RWKV_STATUS_ERROR_INVALID_ARGUMENT, "rwkv_model_params.packed_isa = %d is not a value of enum rwkv_packed_isa",
-                 static_cast<int>(requested));
+                 requested);
     }
     return std::min(want, packed_isa());
 }
@@ -254,7 +254,7 @@ std::unique_ptr<Model> Model::load(const std::string & path, const rwkv_model_pa
     m->read_hparams();
     m->bind_tensors();
     m->map_weights();
-    const PackedIsa isa = packed_kernels_for(params.packed_isa);
+    const PackedIsa isa = packed_kernels_for(c_enum_value(params.packed_isa));
     if (params.repack && isa != PackedIsa::NONE) {
         m->pack_weights(isa);
     }
