@@ -59,7 +59,7 @@ rwkv_status guarded(std::string & message, Fn && fn) {
 extern "C" {
 
 const char * rwkv_status_str(enum rwkv_status status) {
-    switch (status) {
+    switch (rwkv::c_enum_value(status)) {
         case RWKV_STATUS_OK: return "ok";
         case RWKV_STATUS_ERROR_INVALID_ARGUMENT: return "invalid argument";
         case RWKV_STATUS_ERROR_IO: return "I/O error";
@@ -71,7 +71,10 @@ const char * rwkv_status_str(enum rwkv_status status) {
     return "unknown status";
 }
 
-const char * rwkv_type_str(enum rwkv_type type) { return rwkv::type_name(type); }
+const char * rwkv_type_str(enum rwkv_type type) {
+    const int t = rwkv::c_enum_value(type);
+    return t >= RWKV_TYPE_FP32 && t <= RWKV_TYPE_Q4_1 ? rwkv::type_name(static_cast<rwkv_type>(t)) : "unknown";
+}
 
 bool rwkv_packed_kernels_available(void) { return rwkv::packed_kernels_available(); }
 
@@ -183,11 +186,15 @@ enum rwkv_status rwkv_quantize(const char * in, const char * out, enum rwkv_type
     const rwkv_quantize_params p = params != nullptr ? *params : rwkv_quantize_default_params();
     std::string message;
     rwkv_status st;
+    const int t = rwkv::c_enum_value(type);
     if (in == nullptr || out == nullptr) {
         message = "rwkv_quantize: in and out must not be NULL";
         st = RWKV_STATUS_ERROR_INVALID_ARGUMENT;
+    } else if (t < RWKV_TYPE_FP32 || t > RWKV_TYPE_Q4_1) {
+        message = rwkv::format("unknown target type %d", t);
+        st = RWKV_STATUS_ERROR_INVALID_ARGUMENT;
     } else {
-        st = guarded(message, [&] { rwkv::quantize_file(in, out, type, p); });
+        st = guarded(message, [&] { rwkv::quantize_file(in, out, static_cast<rwkv_type>(t), p); });
     }
     write_message(p.error_buf, p.error_buf_size, message);
     return st;

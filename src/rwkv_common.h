@@ -7,6 +7,7 @@
 
 #include <cstdarg>
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -46,6 +47,18 @@ struct Logger {
 rwkv_model_params default_model_params();
 rwkv_context_params default_context_params();
 rwkv_quantize_params default_quantize_params();
+
+// The integer value of an enum that came through the C API, where any int
+// may arrive.  Read from its storage, not loaded as the C++ enum: loading a
+// value outside the enum's range is undefined behaviour in C++ (UBSan
+// reports it).  Check the int before converting it back.
+template <typename E>
+int c_enum_value(const E & value) {
+    static_assert(sizeof(E) == sizeof(int), "the C API's enums are int-sized");
+    int v;
+    std::memcpy(&v, &value, sizeof v);
+    return v;
+}
 
 // "FP32", "FP16", "Q8_0", ... ("unknown" for a value outside the enum).
 const char * type_name(rwkv_type type);

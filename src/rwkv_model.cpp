@@ -25,6 +25,8 @@ constexpr uint32_t MAX_EMBED = 1u << 16;
 constexpr uint32_t MAX_LAYER = 1u << 12;
 constexpr uint32_t MAX_HEAD_SIZE = 1u << 12;  // official models: 64
 constexpr size_t WEIGHT_ALIGNMENT = 32;  // ggml CPU buffers need 32-byte aligned data
+// Tensors of one layer in the smallest layout (RWKV-4: 18; 5.0: 20; later more).
+constexpr uint64_t MIN_TENSORS_PER_LAYER = 18;
 
 enum class Kind { VECTOR, MATRIX };
 
@@ -228,7 +230,7 @@ void add_ffn_rkv_specs(std::vector<TensorSpec> & specs, const std::string & p, c
 // The kernels a model packs for: those asked for or, where this process
 // cannot run them (packed_isa(): the CPU's best, capped by the debugging
 // variable), the best below them that it can.
-PackedIsa packed_kernels_for(rwkv_packed_isa requested) {
+PackedIsa packed_kernels_for(int requested) {
     PackedIsa want = PackedIsa::NONE;
     switch (requested) {
         case RWKV_PACKED_ISA_AUTO:
@@ -237,7 +239,7 @@ PackedIsa packed_kernels_for(rwkv_packed_isa requested) {
         case RWKV_PACKED_ISA_NONE: want = PackedIsa::NONE; break;
         default:
             fail(RWKV_STATUS_ERROR_INVALID_ARGUMENT, "rwkv_model_params.packed_isa = %d is not a value of enum rwkv_packed_isa",
-                 static_cast<int>(requested));
+                 requested);
     }
     return std::min(want, packed_isa());
 }
@@ -252,7 +254,7 @@ std::unique_ptr<Model> Model::load(const std::string & path, const rwkv_model_pa
     m->read_hparams();
     m->bind_tensors();
     m->map_weights();
-    const PackedIsa isa = packed_kernels_for(params.packed_isa);
+    const PackedIsa isa = packed_kernels_for(c_enum_value(params.packed_isa));
     if (params.repack && isa != PackedIsa::NONE) {
         m->pack_weights(isa);
     }
@@ -281,6 +283,14 @@ void Model::read_hparams() {
     hp_.n_vocab = get_ranged_u32(f, "rwkv.n_vocab", 1, MAX_VOCAB);
     hp_.n_embed = get_ranged_u32(f, "rwkv.n_embed", 1, MAX_EMBED);
     hp_.n_layer = get_ranged_u32(f, "rwkv.n_layer", 1, MAX_LAYER);
+    // The tables of expected tensors grow with n_layer: a count that the
+    // file's tensors cannot hold is refused before they are built, so that a
+    // small file never makes the loader allocate more than its own size.
+    if (hp_.n_layer * MIN_TENSORS_PER_LAYER > static_cast<uint64_t>(f.n_tensors())) {
+        fail(RWKV_STATUS_ERROR_FILE_FORMAT, "metadata rwkv.n_layer = %u, but the file has only %lld tensors "
+             "(each layer has at least %llu)", hp_.n_layer, static_cast<long long>(f.n_tensors()),
+             static_cast<unsigned long long>(MIN_TENSORS_PER_LAYER));
+    }
     hp_.n_ffn = get_ranged_u32(f, "rwkv.n_ffn", 1, 16 * MAX_EMBED);
     hp_.ln_eps = get_epsilon(f, "rwkv.layer_norm_epsilon");
     hp_.file_type = static_cast<rwkv_type>(get_ranged_u32(f, "general.file_type", RWKV_TYPE_FP32, RWKV_TYPE_Q4_1));

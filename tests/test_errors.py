@@ -116,7 +116,14 @@ def test_metadata_mismatching_tensors(tmp_path):
     meta = rwkv4_metadata()
     meta["rwkv.n_layer"] = 3
     path = _write_variant(tmp_path, "layers.gguf", meta=meta)
-    with pytest.raises(ModelFormatError, match="missing tensor 'blocks.2"):
+    # 2 layers of 18 tensors and 4 others: too few for 3 layers.
+    with pytest.raises(ModelFormatError, match="rwkv.n_layer = 3, but the file has only 40 tensors"):
+        rwkv_cpp.Model(path)
+    # One tensor of the last layer missing, the count would do: it is named.
+    tensors = rwkv4_tensors(n_layer=3)
+    del tensors["blocks.2.ffn.value.weight"]
+    path = _write_variant(tmp_path, "layer_tensor.gguf", meta=meta, tensors=tensors)
+    with pytest.raises(ModelFormatError, match="missing tensor 'blocks.2.ffn.value.weight'"):
         rwkv_cpp.Model(path)
 
 
