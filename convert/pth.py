@@ -170,8 +170,8 @@ def _zip_errors(path: str, what: str):
     try:
         yield
     except _ZIP_ERRORS as exc:
-        raise ConvertError(f"{path}: {what}: the file is truncated or corrupt "
-                           f"({type(exc).__name__}: {exc})") from exc
+        raise ConvertError(f"{path}: {what}: the file is truncated, corrupt or uses a zip "
+                           f"feature torch.save never writes ({type(exc).__name__}: {exc})") from exc
 
 
 class _Archive:
@@ -340,6 +340,8 @@ def _make_loader(name: str, ref: _TensorRef, path: str):
     def load() -> np.ndarray:
         try:
             return _read_tensor(ref)
+        except ConvertError:
+            raise
         except (ValueError, OverflowError) as exc:
             # the records were checked when the file was opened: this is a
             # numpy refusal of a record that passed them, reported by name
