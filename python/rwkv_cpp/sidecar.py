@@ -18,6 +18,7 @@ table, and the data of the last tensors): cheap, stable across runs, and
 different for different weights of the same shape.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -82,11 +83,16 @@ class SidecarFormat:
         encoded = json.dumps(header, sort_keys=True).encode("utf-8")
         path = os.fspath(path)
         tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(self.magic + struct.pack("<II", self.version, len(encoded)) + encoded)
-            for array in arrays:
-                f.write(np.asarray(array).astype("<f4").tobytes())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(self.magic + struct.pack("<II", self.version, len(encoded)) + encoded)
+                for array in arrays:
+                    f.write(np.asarray(array).astype("<f4").tobytes())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)  # a failed write leaves nothing behind
+            raise
 
     def read(self, path):
         """``(header, data)``: the checked JSON header and the bytes after it."""
