@@ -21,6 +21,7 @@ import contextlib
 import io
 import pickle
 import pickletools
+import warnings
 import zipfile
 import zlib
 from typing import Dict, Tuple
@@ -460,12 +461,17 @@ def _check_memo_indices(data: bytes, path: str) -> None:
     least two bytes, so its indices stay below its length.
     """
     try:
-        for opcode, arg, pos in pickletools.genops(data):
-            if opcode.name in _MEMO_OPCODES and not 0 <= int(arg) < len(data):
-                raise ConvertError(f"{path}: corrupt data.pkl: memo index {arg} at byte {pos} "
-                                   f"of a {len(data)}-byte pickle")
+        with warnings.catch_warnings():
+            # a damaged text-mode STRING argument is a DeprecationWarning of
+            # codecs.escape_decode, not something to show the user
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ops = list(pickletools.genops(data))
     except (ValueError, TypeError) as exc:  # an unknown opcode, a bad argument
         raise ConvertError(f"{path}: corrupt data.pkl ({type(exc).__name__}: {exc})") from exc
+    for opcode, arg, pos in ops:
+        if opcode.name in _MEMO_OPCODES and not 0 <= int(arg) < len(data):
+            raise ConvertError(f"{path}: corrupt data.pkl: memo index {arg} at byte {pos} "
+                               f"of a {len(data)}-byte pickle")
 
 
 def _unpickle(data: bytes, archive: _Archive):
