@@ -109,8 +109,8 @@ class SidecarFormat:
             raise self.error("%s: truncated or corrupt header (%d bytes)" % (path, size))
         try:
             header = json.loads(data[prefix: prefix + size].decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            raise self.error("%s: corrupt header" % path) from None
+        except (ValueError, RecursionError) as exc:  # not UTF-8 or not JSON; nested too deep
+            raise self.error("%s: corrupt header (%s: %s)" % (path, type(exc).__name__, exc)) from exc
         if not isinstance(header, dict) or any(key not in header for key in self.required):
             raise self.error("%s: the header lacks some of %s" % (path, ", ".join(self.required)))
         return header, data[prefix + size:]
