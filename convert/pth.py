@@ -171,7 +171,7 @@ def _zip_errors(path: str, what: str):
     try:
         yield
     except _ZIP_ERRORS as exc:
-        raise ConvertError(f"{path}: {what}: the file is truncated, corrupt or uses a zip "
+        raise ConvertError(f"{path}: {what}: the file is truncated or corrupt, or uses a zip "
                            f"feature torch.save never writes ({type(exc).__name__}: {exc})") from exc
 
 
@@ -393,24 +393,34 @@ def _to_source_tensor(name: str, value, path: str) -> SourceTensor:
     return SourceTensor(name, value.size, value.storage.dtype, _make_loader(name, value, path))
 
 
+#: how deep a training checkpoint may nest its state dict ('state_dict',
+#: 'model', 'module' inside each other); real ones use one or two levels.
+MAX_STATE_DICT_NESTING = 8
+
+
 def _state_dict_of(obj, path: str) -> dict:
     """The flat name -> tensor dict inside the unpickled object.
 
     A plain state dict is used as is; a training checkpoint that nests it
     under 'state_dict', 'model' or 'module' (and holds no tensors at the top
-    level) is unwrapped.
+    level) is unwrapped, up to MAX_STATE_DICT_NESTING levels.
     """
-    if not isinstance(obj, dict):
-        raise ConvertError(f"{path}: the pickle holds a {type(obj).__name__}, "
-                           "expected a state dict (name -> tensor)")
-    if not any(isinstance(v, _TensorRef) for v in obj.values()):
-        for key in ("state_dict", "model", "module"):
-            if isinstance(obj.get(key), dict):
-                return _state_dict_of(obj[key], path)
-    bad = [k for k in obj if not isinstance(k, str)]
-    if bad:
-        raise ConvertError(f"{path}: state dict key {bad[0]!r} is not a string")
-    return obj
+    for _ in range(MAX_STATE_DICT_NESTING + 1):
+        if not isinstance(obj, dict):
+            raise ConvertError(f"{path}: the pickle holds a {type(obj).__name__}, "
+                               "expected a state dict (name -> tensor)")
+        inner = None
+        if not any(isinstance(v, _TensorRef) for v in obj.values()):
+            inner = next((obj[k] for k in ("state_dict", "model", "module")
+                          if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            bad = [k for k in obj if not isinstance(k, str)]
+            if bad:
+                raise ConvertError(f"{path}: state dict key {bad[0]!r} is not a string")
+            return obj
+        obj = inner
+    raise ConvertError(f"{path}: the state dict is nested more than "
+                       f"{MAX_STATE_DICT_NESTING} levels deep in 'state_dict'/'model'/'module'")
 
 
 def check_not_legacy(path: str) -> None:
