@@ -158,6 +158,9 @@ def read_legacy_bin(path: str) -> LegacyFile:
                 raise ConvertError(f"{path}: duplicate tensor '{t.name}'")
             seen.add(t.name)
             tensors.append(t)
+    if n_layer > len(tensors):  # every layer has tensors: refuse before looping over n_layer
+        raise ConvertError(f"{path}: the header's n_layer={n_layer} is impossible in a file of "
+                           f"{len(tensors)} tensors")
     return LegacyFile(path, version, n_vocab, n_embed, n_layer, file_type, tensors)
 
 
