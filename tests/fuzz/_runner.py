@@ -1,6 +1,6 @@
 """The command line shared by the Python fuzz harnesses.
 
-``python -m tests.fuzz.fuzz_<name> [--seconds N] [--runs N] [--engine E]
+``python -m tests.fuzz.fuzz_<name> [--seconds N] [--runs N] [--timeout S] [--engine E]
 [--corpus DIR] [--artifacts DIR] [--seed S]``
 
 Engines: ``atheris`` (coverage-guided libFuzzer, when the optional
@@ -8,18 +8,21 @@ Engines: ``atheris`` (coverage-guided libFuzzer, when the optional
 ``random`` (a plain mutation loop over the seeds, no dependency).  Either
 way the run starts from the harness's seed files, stops after ``--seconds``
 or ``--runs``, and exits non-zero on the first input that raises an
-exception outside the harness's contract, after writing that input to
-``--artifacts`` (default: the current folder) as ``crash-<sha1>``.
+exception outside the harness's contract or runs longer than ``--timeout``
+seconds, after writing that input to ``--artifacts`` (default: the current
+folder; atheris names it ``crash-<sha1>`` or ``timeout-<sha1>``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -88,17 +91,44 @@ def _report(data: bytes, artifacts: str) -> str:
     return path
 
 
+class InputTimeout(BaseException):
+    """One input ran longer than the time limit (a BaseException, so that
+    no ``except Exception`` of the code under test can swallow it)."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float):
+    """Raise InputTimeout in the main thread after ``seconds`` (where the
+    platform has interval timers; elsewhere no limit)."""
+    if not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expire(signum, frame):
+        raise InputTimeout("input took longer than %g s" % seconds)
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def run_random(one_input: OneInput, seeds: List[bytes], seconds: float, runs: int,
-               artifacts: str, seed: int) -> int:
-    """The dependency-free engine; returns the process exit status."""
+               artifacts: str, seed: int, timeout: float = 10.0) -> int:
+    """The dependency-free engine; returns the process exit status.  An
+    input that raises or runs longer than ``timeout`` seconds is a failure."""
     rng = random.Random(seed)
     start, count = time.monotonic(), 0
     inputs = list(seeds)
     while (runs <= 0 or count < runs) and time.monotonic() - start < seconds:
         data = inputs[count] if count < len(seeds) else mutate(rng.choice(inputs), rng, inputs)
         try:
-            one_input(data)
-        except Exception:
+            with _time_limit(timeout):
+                one_input(data)
+        except (Exception, InputTimeout):
             traceback.print_exc()
             print("failing input written to %s" % _report(data, artifacts), file=sys.stderr)
             return 1
@@ -129,7 +159,7 @@ def run_atheris_child(one_input: OneInput, args) -> None:
     import atheris
 
     options = [sys.argv[0], args.corpus, "-max_total_time=%d" % max(1, int(args.seconds)),
-               "-timeout=10", "-rss_limit_mb=4096", "-print_final_stats=1", "-seed=%d" % args.seed,
+               "-timeout=%d" % max(1, int(args.timeout)), "-rss_limit_mb=4096", "-print_final_stats=1", "-seed=%d" % args.seed,
                "-artifact_prefix=%s" % os.path.join(os.path.abspath(args.artifacts), "")]
     if args.runs > 0:
         options.append("-runs=%d" % args.runs)
@@ -150,7 +180,7 @@ def run_atheris(module: str, seed_dir: str, args) -> int:
             shutil.copy(os.path.join(seed_dir, name), corpus)
     command = [sys.executable, "-m", module, "--engine", "atheris-child", "--corpus", corpus,
                "--workdir", seed_dir, "--seconds", str(args.seconds), "--runs", str(args.runs),
-               "--artifacts", args.artifacts, "--seed", str(args.seed)]
+               "--artifacts", args.artifacts, "--seed", str(args.seed), "--timeout", str(args.timeout)]
     done = None
     with subprocess.Popen(command, stderr=subprocess.PIPE, text=True, errors="replace") as child:
         for line in child.stderr:  # libFuzzer reports on stderr: pass it on as it comes
@@ -180,6 +210,8 @@ def main(module: str, seeds: Callable[[str], List[bytes]], one_input: OneInput, 
     parser.add_argument("--corpus", help="atheris: a folder to keep the corpus in (default: a temporary one)")
     parser.add_argument("--artifacts", default=".", help="where a failing input is written")
     parser.add_argument("--seed", type=int, default=1, help="random seed")
+    parser.add_argument("--timeout", type=float, default=10.0,
+                        help="seconds one input may take before it counts as a hang (default 10)")
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.engine == "atheris-child":
@@ -198,6 +230,7 @@ def main(module: str, seeds: Callable[[str], List[bytes]], one_input: OneInput, 
                 f.write(item)
         if engine == "atheris":
             return run_atheris(module, seed_dir, args)
-        return run_random(one_input, data, args.seconds, args.runs, args.artifacts, args.seed)
+        return run_random(one_input, data, args.seconds, args.runs, args.artifacts, args.seed,
+                          args.timeout)
     finally:
         shutil.rmtree(seed_dir, ignore_errors=True)
