@@ -2,7 +2,7 @@
 them working and catches a reader regressing on mutated inputs: every seed,
 then a few hundred mutations of them with the dependency-free engine (fixed
 random seed, so a failure reproduces).  Long, coverage-guided runs:
-``python -m tests.fuzz.fuzz_<name> --seconds N`` (docs/RELIABILITY_PY.md)."""
+``python -m tests.fuzz.fuzz_<name> --seconds N`` (docs/RELIABILITY.md)."""
 
 import importlib
 

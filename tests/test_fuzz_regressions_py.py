@@ -4,7 +4,7 @@ failing, kept in tests/data/fuzz/<harness>/.
 Converter inputs (pth, safetensors, legacy_bin) are damaged files: each must
 give a ConvertError naming the file.  The other harnesses keep raw harness
 inputs: each must pass the harness's contract (``one_input`` raises
-nothing).  How each file was found is in docs/RELIABILITY_PY.md.
+nothing).  How each file was found is in docs/RELIABILITY.md.
 """
 
 import importlib
