@@ -16,9 +16,6 @@ import pytest
 
 from fuzz import seeds
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
 @pytest.fixture
 def bins(tmp_path):
     """(good .bin, a .bin the converter refuses, a .bin the runtime refuses)."""
@@ -41,7 +38,6 @@ def _run_with_fresh_tmpdir(tmp_path, code):
     tmpdir = tmp_path / "child_tmp"
     tmpdir.mkdir()
     env = dict(os.environ, TMPDIR=str(tmpdir))
-    env["PYTHONPATH"] = os.pathsep.join([HERE] + [p for p in [env.get("PYTHONPATH")] if p])
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
