@@ -26,17 +26,17 @@ import zipfile
 import zlib
 from typing import Dict, Tuple
 
-try:
-    from lzma import LZMAError
-except ImportError:  # a Python built without lzma: zipfile cannot raise it either
-    class LZMAError(Exception):
-        """Placeholder for lzma.LZMAError."""
-
 import numpy as np
 
 from .errors import ConvertError, UnsafePickleError
 from .formats import LEGACY_TORCH_MAGIC
 from .tensors import ITEMSIZE, RAW_NUMPY_DTYPES, Checkpoint, SourceTensor
+
+try:
+    from lzma import LZMAError
+except ImportError:  # a Python built without lzma: zipfile cannot raise it either
+    class LZMAError(Exception):
+        """Placeholder for lzma.LZMAError."""
 
 #: data.pkl of a state dict is small; refuse absurd sizes (zip bombs).
 MAX_PICKLE_BYTES = 1 << 30

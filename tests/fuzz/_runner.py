@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import inspect
 import os
 import random
 import re
@@ -141,8 +142,6 @@ def run_random(one_input: OneInput, seeds: List[bytes], seconds: float, runs: in
 def _instrument(atheris, prefixes) -> None:
     """Add coverage feedback to the functions and methods of the loaded
     modules named ``prefixes`` (and their submodules)."""
-    import inspect
-
     for name, module in list(sys.modules.items()):
         if module is None or not any(name == p or name.startswith(p + ".") for p in prefixes):
             continue
