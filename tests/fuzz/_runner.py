@@ -108,13 +108,19 @@ def _time_limit(seconds: float):
     def expire(signum, frame):
         raise InputTimeout("input took longer than %g s" % seconds)
 
+    # an outer timer (pytest-timeout's, say) is put back with the time it
+    # had left, so a limit per input does not cancel a limit per test
     previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    outer_delay, outer_interval = signal.setitimer(signal.ITIMER_REAL, seconds)
+    started = time.monotonic()
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if outer_delay > 0:
+            left = max(outer_delay - (time.monotonic() - started), 1e-3)
+            signal.setitimer(signal.ITIMER_REAL, left, outer_interval)
 
 
 def run_random(one_input: OneInput, seeds: List[bytes], seconds: float, runs: int,
