@@ -19,7 +19,7 @@ from typing import List, Mapping, Optional
 import numpy as np
 
 from .checkpoint import open_checkpoint, sniff_format
-from .errors import ConvertError
+from .errors import ConvertError, naming_file
 from .gguf_constants import GGMLType
 from .gguf_writer import GGUFWriter
 from .keys import normalize_tensors
@@ -70,12 +70,13 @@ def convert_file(src: str, dst: str, out_type: Optional[str] = None,
     src, dst = str(src), str(dst)
     if _same_file(src, dst):
         raise ConvertError(f"output path '{dst}' is the input file")
-    if sniff_format(src) == "rwkv_cpp_bin":
-        _check_bin_out_type(src, out_type)
-        return legacy_to_gguf(src, dst, tokenizer, progress, ln_x_eps)
-    with open_checkpoint(src) as ckpt:
-        return convert_checkpoint(ckpt, dst, "FP32" if out_type is None else out_type,
-                                  tokenizer, progress, ln_x_eps)
+    with naming_file(src):
+        if sniff_format(src) == "rwkv_cpp_bin":
+            _check_bin_out_type(src, out_type)
+            return legacy_to_gguf(src, dst, tokenizer, progress, ln_x_eps)
+        with open_checkpoint(src) as ckpt:
+            return convert_checkpoint(ckpt, dst, "FP32" if out_type is None else out_type,
+                                      tokenizer, progress, ln_x_eps)
 
 
 def convert_state_dict(state_dict: Mapping[str, np.ndarray], dst: str,

@@ -8,6 +8,7 @@ names the file member or tensor involved.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 
@@ -31,3 +32,16 @@ class UnsupportedVersionError(ConvertError):
     def __init__(self, message: str, version: Optional[str] = None):
         super().__init__(message)
         self.version = version
+
+
+@contextlib.contextmanager
+def naming_file(path: str):
+    """Make every ConvertError raised inside name ``path``: an error from a
+    step that sees only tensors (shape checks, transforms) gets the file
+    name put in front of its message; its class and attributes are kept."""
+    try:
+        yield
+    except ConvertError as exc:
+        if exc.args and isinstance(exc.args[0], str) and path not in exc.args[0]:
+            exc.args = (f"{path}: {exc.args[0]}",) + exc.args[1:]
+        raise

@@ -47,7 +47,7 @@ _HF_TOP_NAMES = {
     "head.weight": "head.weight",
 }
 
-_HF_BLOCK_RE = re.compile(r"^rwkv\.blocks\.(\d+)\.(.+)$")
+_HF_BLOCK_RE = re.compile(r"^rwkv\.blocks\.([0-9]+)\.(.+)$")
 
 
 def strip_wrapper_prefixes(name: str) -> str:
@@ -72,7 +72,9 @@ def normalize_name(name: str) -> str:
         return _HF_TOP_NAMES[name]
     m = _HF_BLOCK_RE.match(name)
     if m and m.group(2) in _HF_BLOCK_NAMES:
-        return f"blocks.{int(m.group(1))}.{_HF_BLOCK_NAMES[m.group(2)]}"
+        # the index without leading zeros, as int() would print it (without
+        # int(), which refuses numbers of thousands of digits)
+        return f"blocks.{m.group(1).lstrip('0') or '0'}.{_HF_BLOCK_NAMES[m.group(2)]}"
     return name
 
 

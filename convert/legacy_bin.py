@@ -26,7 +26,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .errors import ConvertError, UnsupportedVersionError
+from .errors import ConvertError, UnsupportedVersionError, naming_file
 from .formats import LEGACY_MAGIC
 from .gguf_constants import GGMLType, ggml_nbytes
 from .gguf_writer import GGUFWriter
@@ -158,6 +158,9 @@ def read_legacy_bin(path: str) -> LegacyFile:
                 raise ConvertError(f"{path}: duplicate tensor '{t.name}'")
             seen.add(t.name)
             tensors.append(t)
+    if n_layer > len(tensors):  # every layer has tensors: refuse before looping over n_layer
+        raise ConvertError(f"{path}: the header's n_layer={n_layer} is impossible in a file of "
+                           f"{len(tensors)} tensors")
     return LegacyFile(path, version, n_vocab, n_embed, n_layer, file_type, tensors)
 
 
@@ -202,10 +205,14 @@ def _as_stored(t: LegacyTensor, shape: Optional[Tuple[int, ...]] = None, vector:
 
 
 def _vector_f32(t: LegacyTensor, name: str, shape: Tuple[int, ...],
-                fn: Callable[[np.ndarray], np.ndarray]) -> _Out:
-    """An F32 tensor computed from a stored F32/F16 one."""
+                fn: Callable[[np.ndarray], np.ndarray], numels: Tuple[int, ...]) -> _Out:
+    """An F32 tensor computed from a stored F32/F16 one of ``numels`` elements
+    (the sizes ``fn`` accepts)."""
     if t.ggml_type not in (GGMLType.F32, GGMLType.F16):
         raise ConvertError(f"tensor '{t.name}': expected F32 or F16 data, found {t.ggml_type.name}")
+    if int(np.prod(t.shape)) not in numels:
+        raise ConvertError(f"tensor '{t.name}' of shape {t.shape}: expected "
+                           f"{' or '.join(map(str, numels))} elements")
     return _Out(name, shape, GGMLType.F32,
                 lambda f: np.ascontiguousarray(fn(_read_data(f, t).astype(np.float32)), dtype=np.float32),
                 4 * int(np.prod(shape)))
@@ -250,12 +257,14 @@ def _wkv_outputs(lf: LegacyFile, hp) -> List[_Out]:
         leaf = t.name.rsplit(".", 1)[-1]
         if t.name.endswith("att.x_rwkvag"):  # (6, 1, D) -> x_r, x_w, x_k, x_v, x_a, x_g
             prefix = t.name[: -len("x_rwkvag")]
-            outs += [_vector_f32(t, prefix + m, (D,), lambda a, i=i: a.reshape(6, D)[i]) for i, m in enumerate(_V7_MIXES)]
+            outs += [_vector_f32(t, prefix + m, (D,), lambda a, i=i: a.reshape(6, D)[i], (6 * D,))
+                     for i, m in enumerate(_V7_MIXES)]
         elif hp.version.startswith("5") and leaf in ("time_decay", "time_first", "time_faaaa"):
             # stored exp(-exp(decay)) / exp(time_first) / time_faaaa, (H, 1, 1) or (H, N, 1):
             # ours is the same value per channel, (H, N), named time_faaaa for the bonus
             name = t.name.replace("time_first", "time_faaaa")
-            outs.append(_vector_f32(t, name, (H, N), lambda a: np.broadcast_to(a.reshape(H, -1), (H, N))))
+            outs.append(_vector_f32(t, name, (H, N), lambda a: np.broadcast_to(a.reshape(H, -1), (H, N)),
+                                    (H, H * N)))
         elif leaf in ("time_faaaa", "r_k"):
             outs.append(_as_stored(t, (H, N), vector=True))
         elif hp.version == "6.0" and leaf == "time_decay":
@@ -287,12 +296,13 @@ def legacy_to_gguf(src: str, dst: str, tokenizer: Optional[str] = None,
     official 64e-5).  A .bin file does not say which one its model was made
     with: rwkv.cpp's RWKV-5 test fixtures were made with 1e-5.
     """
-    lf = read_legacy_bin(src)
-    version = detect_version({t.name: t.shape for t in lf.tensors})
-    eps = resolve_ln_x_eps(ln_x_eps, version)
-    tok = resolve_tokenizer(tokenizer, lf.n_vocab)
-    hp = _rwkv4_params(lf) if version == "4" else _wkv_params(lf, version)
-    outs = _v4_outputs(lf) if version == "4" else _wkv_outputs(lf, hp)
+    with naming_file(src):
+        lf = read_legacy_bin(src)
+        version = detect_version({t.name: t.shape for t in lf.tensors})
+        eps = resolve_ln_x_eps(ln_x_eps, version)
+        tok = resolve_tokenizer(tokenizer, lf.n_vocab)
+        hp = _rwkv4_params(lf) if version == "4" else _wkv_params(lf, version)
+        outs = _v4_outputs(lf) if version == "4" else _wkv_outputs(lf, hp)
 
     def write(fout) -> int:
         w = GGUFWriter(fout)
@@ -307,7 +317,8 @@ def legacy_to_gguf(src: str, dst: str, tokenizer: Optional[str] = None,
         _write_outputs(w, src, outs, progress)
         return w.finish()
 
-    written = write_file_atomically(dst, write)
+    with naming_file(src):
+        written = write_file_atomically(dst, write)
     n_att, n_head, head_size = (hp.n_att, 0, 0) if version == "4" else (hp.n_embed, hp.n_head, hp.head_size)
     return ConvertSummary(version, lf.n_vocab, lf.n_embed, lf.n_layer, n_att, hp.n_ffn,
                           _TYPE_NAMES[lf.file_type], tok, len(outs), written, "rwkv_cpp_bin", n_head, head_size)
@@ -319,7 +330,11 @@ def _write_outputs(w: GGUFWriter, src: str, outs: List[_Out], progress: Optional
     done = 0
     with open(src, "rb") as fin:
         for o in outs:
-            w.write_tensor(o.name, o.produce(fin))
+            try:
+                data = o.produce(fin)
+            except ValueError as exc:  # numpy refusing a shape the plan let through
+                raise ConvertError(f"{src}: tensor '{o.name}': {type(exc).__name__}: {exc}") from exc
+            w.write_tensor(o.name, data)
             done += o.nbytes
             if progress:
                 progress(done, total, o.name)

@@ -22,7 +22,29 @@ Shape = Tuple[int, ...]
 #: how many problems one error message lists before "... and N more".
 MAX_LISTED_PROBLEMS = 12
 
-_BLOCK_RE = re.compile(r"^blocks\.(\d+)\.")
+_BLOCK_RE = re.compile(r"^blocks\.([0-9]+)\.")
+
+
+def block_count(shapes: Mapping[str, Shape]) -> int:
+    """n_layer: one more than the highest ``blocks.N.`` index.
+
+    Every layer has tensors, so an index at or beyond the number of tensors
+    is damage (or a gap that the tensor check would report as thousands of
+    missing tensors): it is refused here, before anything loops over it.
+    """
+    highest = -1
+    for name in shapes:
+        m = _BLOCK_RE.match(name)
+        if m is None:
+            continue
+        digits = m.group(1)
+        if len(digits) > len(str(len(shapes))) or int(digits) >= len(shapes):
+            raise ConvertError(f"tensor '{name[:80]}': block index {digits[:20]} is impossible "
+                               f"in a checkpoint of {len(shapes)} tensors")
+        highest = max(highest, int(digits))
+    if highest < 0:
+        raise ConvertError("checkpoint has no 'blocks.N.*' tensors")
+    return highest + 1
 
 
 def _has(shapes: Mapping[str, Shape], suffix: str) -> bool:
@@ -92,12 +114,10 @@ def infer_rwkv4_params(shapes: Mapping[str, Shape]) -> RWKV4Params:
     indices shows up later as missing tensors.
     """
     n_vocab, n_embed = _shape_of(shapes, "emb.weight", 2)
-    layers = [int(m.group(1)) for m in map(_BLOCK_RE.match, shapes) if m]
-    if not layers:
-        raise ConvertError("checkpoint has no 'blocks.N.*' tensors")
+    n_layer = block_count(shapes)
     n_att = _shape_of(shapes, "blocks.0.att.key.weight", 2)[0]
     n_ffn = _shape_of(shapes, "blocks.0.ffn.key.weight", 2)[0]
-    return RWKV4Params(n_vocab, n_embed, max(layers) + 1, n_att, n_ffn)
+    return RWKV4Params(n_vocab, n_embed, n_layer, n_att, n_ffn)
 
 
 def rwkv4_expected_shapes(hp: RWKV4Params) -> Dict[str, Shape]:
@@ -260,10 +280,7 @@ def infer_wkv_params(version: str, shapes: Mapping[str, Shape]) -> WkvParams:
 
 def _infer_wkv_params(version: str, shapes: Mapping[str, Shape]) -> WkvParams:
     n_vocab, n_embed = _shape_of(shapes, "emb.weight", 2)
-    layers = [int(m.group(1)) for m in map(_BLOCK_RE.match, shapes) if m]
-    if not layers:
-        raise ConvertError("checkpoint has no 'blocks.N.*' tensors")
-    n_layer = max(layers) + 1
+    n_layer = block_count(shapes)
     n_ffn = _shape_of(shapes, "blocks.0.ffn.key.weight", 2)[0]
     n_head, head_size = _head_shape(version, shapes, n_embed)
     return WkvParams(version, n_vocab, n_embed, n_layer, n_ffn, n_head, head_size,

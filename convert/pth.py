@@ -17,9 +17,13 @@ storage is read from the archive only when its tensor is loaded.
 from __future__ import annotations
 
 import collections
+import contextlib
 import io
 import pickle
+import pickletools
+import warnings
 import zipfile
+import zlib
 from typing import Dict, Tuple
 
 import numpy as np
@@ -27,6 +31,12 @@ import numpy as np
 from .errors import ConvertError, UnsafePickleError
 from .formats import LEGACY_TORCH_MAGIC
 from .tensors import ITEMSIZE, RAW_NUMPY_DTYPES, Checkpoint, SourceTensor
+
+try:
+    from lzma import LZMAError
+except ImportError:  # a Python built without lzma: zipfile cannot raise it either
+    class LZMAError(Exception):
+        """Placeholder for lzma.LZMAError."""
 
 #: data.pkl of a state dict is small; refuse absurd sizes (zip bombs).
 MAX_PICKLE_BYTES = 1 << 30
@@ -146,19 +156,39 @@ _ALLOWED_GLOBALS = {
 }
 _ALLOWED_GLOBALS.update({("torch", name): _StorageType(name) for name in STORAGE_DTYPES})
 
+#: what reading a damaged zip archive raises: zipfile's own errors, a bad
+#: filename or field (UnicodeDecodeError and other ValueErrors), an unknown
+#: compression method or zip version (NotImplementedError), an encrypted
+#: member (RuntimeError), a bad offset (OSError), and the decompressors'.
+_ZIP_ERRORS = (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError,
+               RuntimeError, zlib.error, LZMAError)
+
+
+@contextlib.contextmanager
+def _zip_errors(path: str, what: str):
+    """Turn the errors of a damaged archive into a ConvertError naming the
+    file and ``what`` was being read (the original stays chained)."""
+    try:
+        yield
+    except _ZIP_ERRORS as exc:
+        raise ConvertError(f"{path}: {what}: the file is truncated or corrupt, or uses a zip "
+                           f"feature torch.save never writes ({type(exc).__name__}: {exc})") from exc
+
 
 class _Archive:
     """The open zip archive of a .pth file and its storage members."""
 
     def __init__(self, path: str):
         self.path = path
+        self.file = open(path, "rb")  # OSError: the input cannot be opened
         try:
-            self.zip = zipfile.ZipFile(path)
-        except zipfile.BadZipFile as exc:
-            raise ConvertError(f"{path}: not a valid zip archive, the file is "
-                               f"truncated or corrupt ({exc})") from None
-        self.infos = {info.filename: info for info in self.zip.infolist()}
-        self.prefix = self._find_prefix()
+            with _zip_errors(path, "not a valid zip archive"):
+                self.zip = zipfile.ZipFile(self.file)
+            self.infos = {info.filename: info for info in self.zip.infolist()}
+            self.prefix = self._find_prefix()
+        except BaseException:
+            self.close()
+            raise
 
     def _find_prefix(self) -> str:
         """The '<prefix>/' that holds data.pkl (torch uses the archive name)."""
@@ -196,12 +226,8 @@ class _Archive:
         if limit is not None and size > limit:
             raise ConvertError(f"{self.path}: member '{member}' is {size} bytes, "
                                f"more than the limit of {limit}")
-        try:
+        with _zip_errors(self.path, f"cannot read member '{member}'"):
             data = self.zip.read(member)
-        except (zipfile.BadZipFile, EOFError, OSError, ValueError,
-                NotImplementedError) as exc:
-            raise ConvertError(f"{self.path}: cannot read member '{member}': the "
-                               f"file is truncated or corrupt ({exc})") from None
         if len(data) != size:
             raise ConvertError(f"{self.path}: member '{member}' is truncated "
                                f"({len(data)} of {size} bytes)")
@@ -209,21 +235,19 @@ class _Archive:
 
     def read_range(self, member: str, start: int, nbytes: int) -> bytes:
         """Read ``nbytes`` bytes at ``start`` of a member (bounds already checked)."""
-        try:
+        with _zip_errors(self.path, f"cannot read member '{member}'"):
             with self.zip.open(member) as f:
                 f.seek(start)
                 data = f.read(nbytes)
-        except (zipfile.BadZipFile, EOFError, OSError, ValueError,
-                NotImplementedError) as exc:
-            raise ConvertError(f"{self.path}: cannot read member '{member}': the "
-                               f"file is truncated or corrupt ({exc})") from None
         if len(data) != nbytes:
             raise ConvertError(f"{self.path}: member '{member}' is truncated")
         return data
 
     def close(self) -> None:
-        """Close the zip file."""
-        self.zip.close()
+        """Close the zip file; idempotent."""
+        if getattr(self, "zip", None) is not None:
+            self.zip.close()
+        self.file.close()
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -311,29 +335,43 @@ def _contiguous_strides(size: Tuple[int, ...]) -> Tuple[int, ...]:
     return tuple(reversed(strides))
 
 
-def _make_loader(ref: _TensorRef):
+def _make_loader(name: str, ref: _TensorRef, path: str):
     """A closure that reads the storage and returns the tensor's data."""
 
     def load() -> np.ndarray:
-        numel = 1
-        for d in ref.size:
-            numel *= d
-        if numel == 0:
-            return np.zeros(ref.size, dtype=RAW_NUMPY_DTYPES[ref.storage.dtype])
-        # Read only the span of the storage this tensor addresses.
-        span = 1 + sum((d - 1) * s for d, s in zip(ref.size, ref.stride))
-        flat = ref.storage.read(ref.offset, span)
-        if ref.stride == _contiguous_strides(ref.size):
-            return flat.reshape(ref.size)
-        # A view (transposed, sliced, expanded): walk the span with numpy's
-        # stride machinery, then copy into a fresh contiguous array.
-        item = flat.dtype.itemsize
-        view = np.lib.stride_tricks.as_strided(
-            flat, shape=ref.size, strides=tuple(s * item for s in ref.stride),
-            writeable=False)
-        return np.array(view, copy=True)
+        try:
+            return _read_tensor(ref)
+        except ConvertError:
+            raise
+        except (ValueError, OverflowError) as exc:
+            # the records were checked when the file was opened: this is a
+            # numpy refusal of a record that passed them, reported by name
+            raise ConvertError(f"{path}: cannot read tensor '{name}' (size {ref.size}, stride "
+                               f"{ref.stride}, offset {ref.offset}): {type(exc).__name__}: "
+                               f"{exc}") from exc
 
     return load
+
+
+def _read_tensor(ref: _TensorRef) -> np.ndarray:
+    """The data a checked tensor record addresses, as a contiguous array."""
+    numel = 1
+    for d in ref.size:
+        numel *= d
+    if numel == 0:
+        return np.zeros(ref.size, dtype=RAW_NUMPY_DTYPES[ref.storage.dtype])
+    # Read only the span of the storage this tensor addresses.
+    span = 1 + sum((d - 1) * s for d, s in zip(ref.size, ref.stride))
+    flat = ref.storage.read(ref.offset, span)
+    if ref.stride == _contiguous_strides(ref.size):
+        return flat.reshape(ref.size)
+    # A view (transposed, sliced, expanded): walk the span with numpy's
+    # stride machinery, then copy into a fresh contiguous array.
+    item = flat.dtype.itemsize
+    view = np.lib.stride_tricks.as_strided(
+        flat, shape=ref.size, strides=tuple(s * item for s in ref.stride),
+        writeable=False)
+    return np.array(view, copy=True)
 
 
 def _to_source_tensor(name: str, value, path: str) -> SourceTensor:
@@ -352,7 +390,12 @@ def _to_source_tensor(name: str, value, path: str) -> SourceTensor:
                            f"torch.{value.storage_type_name}; only float32, float16, "
                            "bfloat16 and float64 tensors are supported")
     _check_bounds(name, value)
-    return SourceTensor(name, value.size, value.storage.dtype, _make_loader(value))
+    return SourceTensor(name, value.size, value.storage.dtype, _make_loader(name, value, path))
+
+
+#: how deep a training checkpoint may nest its state dict ('state_dict',
+#: 'model', 'module' inside each other); real ones use one or two levels.
+MAX_STATE_DICT_NESTING = 8
 
 
 def _state_dict_of(obj, path: str) -> dict:
@@ -360,19 +403,24 @@ def _state_dict_of(obj, path: str) -> dict:
 
     A plain state dict is used as is; a training checkpoint that nests it
     under 'state_dict', 'model' or 'module' (and holds no tensors at the top
-    level) is unwrapped.
+    level) is unwrapped, up to MAX_STATE_DICT_NESTING levels.
     """
-    if not isinstance(obj, dict):
-        raise ConvertError(f"{path}: the pickle holds a {type(obj).__name__}, "
-                           "expected a state dict (name -> tensor)")
-    if not any(isinstance(v, _TensorRef) for v in obj.values()):
-        for key in ("state_dict", "model", "module"):
-            if isinstance(obj.get(key), dict):
-                return _state_dict_of(obj[key], path)
-    bad = [k for k in obj if not isinstance(k, str)]
-    if bad:
-        raise ConvertError(f"{path}: state dict key {bad[0]!r} is not a string")
-    return obj
+    for _ in range(MAX_STATE_DICT_NESTING + 1):
+        if not isinstance(obj, dict):
+            raise ConvertError(f"{path}: the pickle holds a {type(obj).__name__}, "
+                               "expected a state dict (name -> tensor)")
+        inner = None
+        if not any(isinstance(v, _TensorRef) for v in obj.values()):
+            inner = next((obj[k] for k in ("state_dict", "model", "module")
+                          if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            bad = [k for k in obj if not isinstance(k, str)]
+            if bad:
+                raise ConvertError(f"{path}: state dict key {bad[0]!r} is not a string")
+            return obj
+        obj = inner
+    raise ConvertError(f"{path}: the state dict is nested more than "
+                       f"{MAX_STATE_DICT_NESTING} levels deep in 'state_dict'/'model'/'module'")
 
 
 def check_not_legacy(path: str) -> None:
@@ -409,13 +457,41 @@ def open_pth(path: str) -> Checkpoint:
     return Checkpoint(path, "pth", tensors, closer=archive.close)
 
 
+#: the opcodes that store into or fetch from the unpickler's memo, whose
+#: argument is a memo index.
+_MEMO_OPCODES = frozenset(("PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"))
+
+
+def _check_memo_indices(data: bytes, path: str) -> None:
+    """Refuse memo indices larger than the pickle itself.
+
+    The C unpickler grows its memo table to the largest index it is given,
+    so a 5-byte ``LONG_BINPUT 2**31`` would allocate gigabytes; a real
+    pickle numbers its memo entries 0, 1, 2, ..., each from an opcode of at
+    least two bytes, so its indices stay below its length.
+    """
+    try:
+        with warnings.catch_warnings():
+            # a damaged text-mode STRING argument is a DeprecationWarning of
+            # codecs.escape_decode, not something to show the user
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ops = list(pickletools.genops(data))
+    except (ValueError, TypeError) as exc:  # an unknown opcode, a bad argument
+        raise ConvertError(f"{path}: corrupt data.pkl ({type(exc).__name__}: {exc})") from exc
+    for opcode, arg, pos in ops:
+        if opcode.name in _MEMO_OPCODES and not 0 <= int(arg) < len(data):
+            raise ConvertError(f"{path}: corrupt data.pkl: memo index {arg} at byte {pos} "
+                               f"of a {len(data)}-byte pickle")
+
+
 def _unpickle(data: bytes, archive: _Archive):
     """Run the restricted unpickler, mapping pickle errors to ConvertError."""
+    _check_memo_indices(data, archive.path)
     try:
         return _RestrictedUnpickler(io.BytesIO(data), archive).load()
     except ConvertError:
         raise
-    except (pickle.UnpicklingError, EOFError, TypeError, ValueError,
+    except (pickle.UnpicklingError, EOFError, TypeError, ValueError, OverflowError,
             AttributeError, IndexError, KeyError, RecursionError) as exc:
         raise ConvertError(f"{archive.path}: corrupt data.pkl "
-                           f"({type(exc).__name__}: {exc})") from None
+                           f"({type(exc).__name__}: {exc})") from exc

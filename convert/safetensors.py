@@ -35,8 +35,11 @@ def _read_header(f, path: str, file_size: int):
     text = f.read(n)
     try:
         header = json.loads(text.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConvertError(f"{path}: safetensors header is not valid JSON ({exc})") from None
+    except (ValueError, RecursionError) as exc:
+        # ValueError: not UTF-8, not JSON, or an integer of more digits than
+        # Python converts; RecursionError: arrays nested thousands deep
+        raise ConvertError(f"{path}: safetensors header is not valid JSON "
+                           f"({type(exc).__name__}: {exc})") from exc
     if not isinstance(header, dict):
         raise ConvertError(f"{path}: safetensors header is not a JSON object")
     return header, 8 + n

@@ -189,8 +189,10 @@ class Model:
     def _load(self, use_mmap, repack, packed_isa):
         load_path = self.path
         if is_legacy(self.path):
-            # rwkv.cpp .bin: load a temporary GGUF conversion (removed on close)
-            load_path, self._temp_dir = convert_to_temp(self.path)
+            # rwkv.cpp .bin: load a temporary GGUF conversion, removed when the
+            # model is freed, when loading fails, or at the latest at exit
+            load_path, folder = convert_to_temp(self.path)
+            self._temp_dir = weakref.finalize(self, shutil.rmtree, folder, ignore_errors=True)
         params = lib.rwkv_model_default_params()
         params.use_mmap = bool(use_mmap)
         params.repack = bool(repack)
@@ -264,12 +266,13 @@ class Model:
         # the C model must outlive its contexts (rwkv.h): free it once it is
         # closed and the last context is gone
         with self._contexts_lock:
-            if not self._closing or self._n_open > 0 or self._model == ffi.NULL:
+            if not self._closing or self._n_open > 0:
                 return
-            lib.rwkv_model_free(self._model)
-            self._model = ffi.NULL
+            if self._model != ffi.NULL:
+                lib.rwkv_model_free(self._model)
+                self._model = ffi.NULL
         if self._temp_dir is not None:
-            shutil.rmtree(self._temp_dir, ignore_errors=True)
+            self._temp_dir()  # a weakref.finalize: runs once
             self._temp_dir = None
 
     @property

@@ -447,9 +447,8 @@ class EmbedStats:
         """Statistics read from ``path``; checked against ``model`` when given."""
         path = os.fspath(path)
         header, data = FORMAT.read(path)
+        _check_header(path, header)
         dim = header["dim"]
-        if not isinstance(dim, int) or dim < 0 or not isinstance(header["parts"], dict):
-            raise EmbedStatsError("%s: corrupt header (dim or parts)" % path)
         values = FORMAT.floats(path, data, 2 * dim)
         info = {k: header[k] for k in MODEL_KEYS + ("fingerprint", "model") if k in header}
         try:
@@ -465,6 +464,26 @@ class EmbedStats:
     def __repr__(self):
         return "<rwkv_cpp.embedding.EmbedStats %s parts=%r dim=%d passages=%d>" % (
             self.model_info.get("model", "?"), self.parts.spec, self.mean.size, self.n_passages)
+
+
+#: header keys that hold sizes (> 0) and counts (>= 0)
+_SIZE_KEYS = ("n_vocab", "n_embed", "n_layer", "state_len")
+_COUNT_KEYS = ("dim", "n_passages", "passage_tokens")
+
+
+def _check_header(path, header):
+    """Raises EmbedStatsError unless the sizes and counts of a statistics
+    file's header are integers of the right sign and ``parts`` is an object
+    (a float such as 4.0 or 1e400, which JSON allows, is refused here)."""
+    def integer(value, least):
+        return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+    bad = [key for key in _SIZE_KEYS if not integer(header[key], 1)]
+    bad += [key for key in _COUNT_KEYS if key in header and not integer(header[key], 0)]
+    if not isinstance(header["parts"], dict):
+        bad.append("parts")
+    if bad:
+        raise EmbedStatsError("%s: corrupt header (%s)" % (path, ", ".join(bad)))
 
 
 def _vector(values, dim, what):

@@ -22,21 +22,31 @@ def is_legacy(path):
 
 def convert_to_temp(path):
     """Converts a legacy file into a new temporary folder; returns
-    (gguf_path, folder).  Errors become rwkv_cpp exceptions."""
+    (gguf_path, folder).  Errors become rwkv_cpp exceptions; on any error
+    (an interrupt included) the folder is removed."""
     folder = tempfile.mkdtemp(prefix="rwkv_cpp_legacy_")
     out = os.path.join(folder, "model.gguf")
     try:
         legacy_to_gguf(os.fspath(path), out)
-    except UnsupportedVersionError as exc:
+    except BaseException as exc:
         shutil.rmtree(folder, ignore_errors=True)
-        raise UnsupportedModelError(lib.RWKV_STATUS_ERROR_UNSUPPORTED, str(exc)) from None
-    except ConvertError as exc:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise ModelFormatError(lib.RWKV_STATUS_ERROR_FILE_FORMAT, str(exc)) from None
-    except OSError as exc:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise ModelIOError(lib.RWKV_STATUS_ERROR_IO, "%s: %s" % (path, exc)) from None
+        error = _as_model_error(path, exc)
+        if error is None:
+            raise
+        raise error from None
     return out, folder
+
+
+def _as_model_error(path, exc):
+    """The rwkv_cpp exception for a failed conversion; None for other
+    exceptions (an interrupt, a bug), which pass unchanged."""
+    if isinstance(exc, UnsupportedVersionError):
+        return UnsupportedModelError(lib.RWKV_STATUS_ERROR_UNSUPPORTED, str(exc))
+    if isinstance(exc, ConvertError):
+        return ModelFormatError(lib.RWKV_STATUS_ERROR_FILE_FORMAT, str(exc))
+    if isinstance(exc, OSError):
+        return ModelIOError(lib.RWKV_STATUS_ERROR_IO, "%s: %s" % (path, exc))
+    return None
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ table, and the data of the last tensors): cheap, stable across runs, and
 different for different weights of the same shape.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -82,11 +83,16 @@ class SidecarFormat:
         encoded = json.dumps(header, sort_keys=True).encode("utf-8")
         path = os.fspath(path)
         tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(self.magic + struct.pack("<II", self.version, len(encoded)) + encoded)
-            for array in arrays:
-                f.write(np.asarray(array).astype("<f4").tobytes())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(self.magic + struct.pack("<II", self.version, len(encoded)) + encoded)
+                for array in arrays:
+                    f.write(np.asarray(array).astype("<f4").tobytes())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)  # a failed write leaves nothing behind
+            raise
 
     def read(self, path):
         """``(header, data)``: the checked JSON header and the bytes after it."""
@@ -103,8 +109,8 @@ class SidecarFormat:
             raise self.error("%s: truncated or corrupt header (%d bytes)" % (path, size))
         try:
             header = json.loads(data[prefix: prefix + size].decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            raise self.error("%s: corrupt header" % path) from None
+        except (ValueError, RecursionError) as exc:  # not UTF-8 or not JSON; nested too deep
+            raise self.error("%s: corrupt header (%s: %s)" % (path, type(exc).__name__, exc)) from exc
         if not isinstance(header, dict) or any(key not in header for key in self.required):
             raise self.error("%s: the header lacks some of %s" % (path, ", ".join(self.required)))
         return header, data[prefix + size:]
