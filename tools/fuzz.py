@@ -44,8 +44,9 @@ class CHarness:
 
 @dataclasses.dataclass(frozen=True)
 class PyHarness:
-    """A Python harness: `python -m MODULE --seconds N --work DIR` (runs from the
-    repository root; exits non-zero on a finding)."""
+    """A Python harness: `python -m MODULE --seconds N --corpus DIR --artifacts
+    DIR` (runs from the repository root; exits non-zero on a finding, whose
+    input it writes into the artifacts folder)."""
     module: str
 
 
@@ -121,13 +122,18 @@ def eval_seeds(out: Path, models: Path) -> None:
 # ------------------------------------------------------------- the harnesses
 
 # Every harness that `--harness` names.  C harnesses are libFuzzer targets of
-# tests/fuzz; the Python readers' harnesses are PyHarness entries, e.g.
-#     "pth": PyHarness("tests.fuzz.fuzz_pth"),
+# tests/fuzz/*.cpp; the Python readers' harnesses are the modules
+# tests/fuzz/fuzz_*.py (atheris when installed, else their own mutation loop).
 HARNESSES: Dict[str, object] = {
     "gguf_load": CHarness(gguf_seeds, max_len=1 << 16),
     "tokenizer": CHarness(tokenizer_seeds, max_len=4096),
     "eval": CHarness(eval_seeds, max_len=64, needs_models=True),
-    # Python harnesses: add them here.
+    "pth": PyHarness("tests.fuzz.fuzz_pth"),
+    "safetensors": PyHarness("tests.fuzz.fuzz_safetensors"),
+    "legacy_bin": PyHarness("tests.fuzz.fuzz_legacy_bin"),
+    "state_file": PyHarness("tests.fuzz.fuzz_state_file"),
+    "embed_stats": PyHarness("tests.fuzz.fuzz_embed_stats"),
+    "tokenizers": PyHarness("tests.fuzz.fuzz_tokenizers"),
 }
 
 
@@ -192,7 +198,10 @@ def run_c(name: str, h: CHarness, args, work: Path) -> Result:
 
 def run_py(name: str, h: PyHarness, args, work: Path) -> Result:
     t0 = time.monotonic()
-    cmd = [sys.executable, "-m", h.module, "--seconds", str(args.seconds), "--work", str(work / name)]
+    folder = work / name
+    (folder / "corpus").mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", h.module, "--seconds", str(args.seconds), "--corpus", str(folder / "corpus"),
+           "--artifacts", str(folder)]
     r = subprocess.run(cmd, cwd=ROOT)
     return Result(name, r.returncode == 0, seconds=time.monotonic() - t0,
                   note="" if r.returncode == 0 else f"exited with {r.returncode}")
