@@ -1,0 +1,165 @@
+"""Every flag of the command-line programs beyond the defaults, run as
+``python -m rwkv_cpp.<name>`` in a subprocess on tiny random models, and
+checked for its documented effect against an independent computation
+through the Python API (direct ``eval`` loops, numpy maths), not only for a
+zero exit status.
+
+The models: ``m.gguf`` (RWKV-4, byte tokenizer, vocabulary 256, 64 wide,
+2 layers, FP32), ``none.gguf`` (the same shape, other weights, no
+tokenizer recorded) and ``m-q8.gguf`` (``m.gguf`` quantized to Q8_0).
+
+Tolerances: logits and states of one model computed in one call or in
+pieces agree to 1e-5 (the sequence tests' bound); cross-entropies and
+comparison figures are float64 sums of those, compared to 1e-5 absolute.
+Greedy decodes are compared exactly (token ids and text).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import rwkv_cpp
+from rwkv_cpp import tokenizers
+from rwkv_cpp.convert import convert_state_dict, make_rwkv4_state_dict
+from rwkv_cpp.embedding import EmbedStats, from_state
+from rwkv_cpp.quantize import quantize
+from rwkv_cpp.sampling import PENALTY_EXEMPT_TEXT, SamplingParams
+
+from gguf_reader import read_gguf
+
+BYTES = tokenizers.get("bytes")
+TIMEOUT_S = 60
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli_models")
+    convert_state_dict(make_rwkv4_state_dict(256, 64, 2, seed=11), str(root / "m.gguf"), "FP32", tokenizer="bytes")
+    convert_state_dict(make_rwkv4_state_dict(256, 64, 2, seed=12), str(root / "none.gguf"), "FP32",
+                       tokenizer="none")
+    quantize(root / "m.gguf", root / "m-q8.gguf", "Q8_0")
+    return root
+
+
+@pytest.fixture(scope="module")
+def model(models):
+    with rwkv_cpp.Model(models / "m.gguf", n_threads=1) as m:
+        yield m
+
+
+def run(module, *args, stdin=b"", cwd):
+    """Runs ``python -m rwkv_cpp.MODULE ARGS`` in ``cwd``; stdout and stderr as text."""
+    result = subprocess.run([sys.executable, "-m", "rwkv_cpp." + module, *map(str, args)], input=stdin,
+                            capture_output=True, timeout=TIMEOUT_S, cwd=cwd)
+    return result.returncode, result.stdout.decode("utf-8"), result.stderr.decode("utf-8")
+
+
+def ok(module, *args, stdin=b"", cwd):
+    rc, out, err = run(module, *args, stdin=stdin, cwd=cwd)
+    assert rc == 0, err
+    return out, err
+
+
+# ---------------------------------------------------------------------------
+# independent references
+# ---------------------------------------------------------------------------
+
+
+def greedy_tokens(model, state, logits, n, presence=0.0, frequency=0.0, decay=1.0):
+    """``n`` greedy tokens from (state, logits) with the official penalty
+    rule written out: a generated token's logit loses ``presence + count *
+    frequency``; every count decays by ``decay`` per token, then the new
+    token's count grows by 1 (by 0 when its text is a space, tab or digit).
+    Returns (tokens, state, logits) after feeding them all."""
+    counts, present, out = np.zeros(model.n_vocab), np.zeros(model.n_vocab, bool), []
+    for _ in range(n):
+        adjusted = logits.astype(np.float64) - present * (presence + counts * frequency)
+        token = int(np.argmax(adjusted))
+        out.append(token)
+        counts *= decay
+        present[token] = True
+        counts[token] += BYTES.decode([token]) not in PENALTY_EXEMPT_TEXT
+        logits, state = model.eval(token, state)
+    return out, state, logits
+
+
+def prefill(model, text, state=None):
+    """(state, logits) after ``text`` (byte tokens) from ``state``."""
+    logits, state = model.eval_sequence(list(text.encode("utf-8")), state)
+    return state, logits
+
+
+def greedy_text(model, prompt, n, **penalties):
+    state, logits = prefill(model, prompt)
+    return BYTES.decode(greedy_tokens(model, state, logits, n, **penalties)[0])
+
+
+# ---------------------------------------------------------------------------
+# python -m rwkv_cpp.generate
+# ---------------------------------------------------------------------------
+
+NO_PENALTY = ("--presence-penalty", 0, "--frequency-penalty", 0)
+
+
+def test_generate_temperature_zero_is_argmax(models, model, tmp_path):
+    out, _ = ok("generate", "Hello", "--model", models / "m.gguf", "--max-tokens", 16, "--temperature", 0,
+                *NO_PENALTY, cwd=tmp_path)
+    assert out == "Hello" + greedy_text(model, "Hello", 16) + "\n"
+
+
+def test_generate_penalty_flags(models, model, tmp_path):
+    out, _ = ok("generate", "Hello", "--model", models / "m.gguf", "--max-tokens", 16, "--temperature", 0,
+                "--presence-penalty", 1.5, "--frequency-penalty", 0.7, "--penalty-decay", 0.9, cwd=tmp_path)
+    expected = greedy_text(model, "Hello", 16, presence=1.5, frequency=0.7, decay=0.9)
+    assert expected != greedy_text(model, "Hello", 16)  # the penalties change this decode
+    assert out == "Hello" + expected + "\n"
+
+
+@pytest.mark.parametrize("flags", [("--top-k", 1), ("--top-p", 0)], ids=["top-k-1", "top-p-0"])
+def test_generate_truncation_to_one_token_is_greedy(models, model, tmp_path, flags):
+    """top-k 1 (or top-p 0) leaves only the best penalised token: greedy at
+    any temperature and seed (default penalties 0.2, 0.2, decay 0.996)."""
+    out, _ = ok("generate", "Hello", "--model", models / "m.gguf", "--max-tokens", 16, "--temperature", 1.5,
+                "--seed", 3, *flags, cwd=tmp_path)
+    assert out == "Hello" + greedy_text(model, "Hello", 16, presence=0.2, frequency=0.2, decay=0.996) + "\n"
+
+
+def test_generate_seed_and_max_tokens(models, model, tmp_path):
+    args = ("abc", "--model", models / "m.gguf", "--max-tokens", 20, "--temperature", 1.0, "--top-p", 1.0)
+    first, _ = ok("generate", *args, "--seed", 5, cwd=tmp_path)
+    again, _ = ok("generate", *args, "--seed", 5, cwd=tmp_path)
+    other, _ = ok("generate", *args, "--seed", 6, cwd=tmp_path)
+    assert first == again and first != other
+    api = model.generate("abc", max_tokens=20, sampling=SamplingParams(temperature=1.0, top_p=1.0, seed=5))
+    assert first == "abc" + api.read() + "\n"
+    assert len(api.tokens) == 20  # --max-tokens N: N tokens (the byte model has no end-of-text)
+
+
+def test_generate_threads_and_stdin_prompt(models, model, tmp_path):
+    args = ("--model", models / "m.gguf", "--max-tokens", 12, "--temperature", 0, *NO_PENALTY)
+    one, _ = ok("generate", "Hi there", *args, "--threads", 1, cwd=tmp_path)
+    two, _ = ok("generate", "Hi there", *args, "--threads", 2, cwd=tmp_path)
+    piped, _ = ok("generate", "-", *args, stdin="Hi there".encode(), cwd=tmp_path)
+    assert one == two == piped == "Hi there" + greedy_text(model, "Hi there", 12) + "\n"
+
+
+def test_generate_stop_strings(models, model, tmp_path):
+    full = greedy_text(model, "Hello", 30)
+    late, early = full[12:14], full[5:7]
+    cut = min(full.find(late), full.find(early))
+    out, _ = ok("generate", "Hello", "--model", models / "m.gguf", "--max-tokens", 30, "--temperature", 0,
+                *NO_PENALTY, "--stop", late, "--stop", early, cwd=tmp_path)
+    assert out == "Hello" + full[:cut] + "\n"
+
+
+def test_generate_tokenizer_override(models, tmp_path):
+    args = ("Hi", "--model", models / "none.gguf", "--max-tokens", 8, "--temperature", 0, *NO_PENALTY)
+    rc, _, err = run("generate", *args, cwd=tmp_path)
+    assert rc == 1 and "records no tokenizer" in err
+    out, _ = ok("generate", *args, "--tokenizer", "bytes", cwd=tmp_path)
+    with rwkv_cpp.Model(models / "none.gguf", n_threads=1) as other:
+        assert out == "Hi" + greedy_text(other, "Hi", 8) + "\n"
