@@ -24,6 +24,7 @@ import pytest
 
 import rwkv_cpp
 from rwkv_cpp import tokenizers
+from rwkv_cpp._defaults import bundled_model_path
 from rwkv_cpp.convert import convert_state_dict, make_rwkv4_state_dict
 from rwkv_cpp.embedding import EmbedStats, from_state
 from rwkv_cpp.quantize import quantize
@@ -69,20 +70,23 @@ def ok(module, *args, stdin=b"", cwd):
 # ---------------------------------------------------------------------------
 
 
-def greedy_tokens(model, state, logits, n, presence=0.0, frequency=0.0, decay=1.0):
-    """``n`` greedy tokens from (state, logits) with the official penalty
-    rule written out: a generated token's logit loses ``presence + count *
-    frequency``; every count decays by ``decay`` per token, then the new
-    token's count grows by 1 (by 0 when its text is a space, tab or digit).
-    Returns (tokens, state, logits) after feeding them all."""
+def greedy_tokens(model, state, logits, n, presence=0.0, frequency=0.0, decay=1.0, tok=BYTES):
+    """Up to ``n`` greedy tokens from (state, logits), ending before the
+    end-of-text token, with the official penalty rule written out: a
+    generated token's logit loses ``presence + count * frequency``; every
+    count decays by ``decay`` per token, then the new token's count grows by
+    1 (by 0 when its text is a space, tab or digit).  Returns (tokens,
+    state, logits) after feeding them all."""
     counts, present, out = np.zeros(model.n_vocab), np.zeros(model.n_vocab, bool), []
     for _ in range(n):
         adjusted = logits.astype(np.float64) - present * (presence + counts * frequency)
         token = int(np.argmax(adjusted))
+        if token == tok.eos_id:
+            break
         out.append(token)
         counts *= decay
         present[token] = True
-        counts[token] += BYTES.decode([token]) not in PENALTY_EXEMPT_TEXT
+        counts[token] += tok.decode([token]) not in PENALTY_EXEMPT_TEXT
         logits, state = model.eval(token, state)
     return out, state, logits
 
@@ -112,10 +116,13 @@ def test_generate_temperature_zero_is_argmax(models, model, tmp_path):
 
 
 def test_generate_penalty_flags(models, model, tmp_path):
-    out, _ = ok("generate", "Hello", "--model", models / "m.gguf", "--max-tokens", 16, "--temperature", 0,
+    out, _ = ok("generate", "Hello", "--model", models / "m.gguf", "--max-tokens", 24, "--temperature", 0,
                 "--presence-penalty", 1.5, "--frequency-penalty", 0.7, "--penalty-decay", 0.9, cwd=tmp_path)
-    expected = greedy_text(model, "Hello", 16, presence=1.5, frequency=0.7, decay=0.9)
-    assert expected != greedy_text(model, "Hello", 16)  # the penalties change this decode
+    chosen = dict(presence=1.5, frequency=0.7, decay=0.9)
+    expected = greedy_text(model, "Hello", 24, **chosen)
+    for neutral in (dict(presence=0.0), dict(frequency=0.0), dict(decay=1.0)):
+        # each of the three flags changes this decode, so each is checked
+        assert greedy_text(model, "Hello", 24, **{**chosen, **neutral}) != expected, neutral
     assert out == "Hello" + expected + "\n"
 
 
@@ -163,3 +170,115 @@ def test_generate_tokenizer_override(models, tmp_path):
     out, _ = ok("generate", *args, "--tokenizer", "bytes", cwd=tmp_path)
     with rwkv_cpp.Model(models / "none.gguf", n_threads=1) as other:
         assert out == "Hi" + greedy_text(other, "Hi", 8) + "\n"
+
+
+# ---------------------------------------------------------------------------
+# python -m rwkv_cpp.chat
+# ---------------------------------------------------------------------------
+
+CHAT_TOKENS = 12
+TURN_END = "\n\n"
+
+
+class ChatReference:
+    """The chat written out with direct greedy decoding (no penalties): a
+    message is the turn ``{user}: MESSAGE\\n\\n{bot}:`` fed after the intro
+    and the earlier turns; a reply ends at a blank line (cut there), at the
+    end-of-text token (not fed) or after CHAT_TOKENS tokens (in the last two
+    cases a blank line is fed, so the next turn starts cleanly)."""
+
+    def __init__(self, model, user, bot, intro):
+        self.model, self.user, self.bot = model, user, bot
+        self.tok = tokenizers.for_model(model)
+        self.intro = self.prefill(intro) if intro else (None, None)
+        self.state, self.logits = self.intro
+
+    def prefill(self, text, state=None):
+        logits, state = self.model.eval_sequence(self.tok.encode(text), state)
+        return state, logits
+
+    def turn(self, message):
+        """The reply's output line; the chat moves on past the turn."""
+        state, logits = self.prefill("%s: %s%s%s:" % (self.user, message, TURN_END, self.bot), self.state)
+        tokens = []
+        while len(tokens) < CHAT_TOKENS and int(np.argmax(logits)) != self.tok.eos_id:
+            tokens.append(int(np.argmax(logits)))
+            logits, state = self.model.eval(tokens[-1], state)
+            text = self.tok.decode(tokens)
+            if TURN_END in text:
+                self.state, self.logits = state, logits
+                return "%s:%s\n" % (self.bot, text[:text.index(TURN_END)])
+        self.state, self.logits = self.prefill(TURN_END, state)
+        return "%s:%s\n" % (self.bot, self.tok.decode(tokens))
+
+    def free(self, text):
+        """A free generation from ``\\nTEXT`` (fresh state): (output, state, logits)."""
+        state, logits = self.prefill("\n" + text)
+        tokens, state, logits = greedy_tokens(self.model, state, logits, CHAT_TOKENS, tok=self.tok)
+        return self.tok.decode(tokens) + "\n", state, logits
+
+
+def chat_script(*lines):
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+@pytest.fixture(scope="module")
+def demo():
+    if bundled_model_path() is None:
+        pytest.skip("the bundled demo model is missing from this installation")
+    with rwkv_cpp.Model.default(n_threads=1) as model:
+        yield model
+
+
+def test_chat_commands_and_persona_flags(demo, tmp_path):
+    """--user/--bot/--intro @FILE, --state-dir, and +save, +load, +reset,
+    +gen, ++, +++, +exit, against the reference conversation (on the demo
+    model, whose replies depend on the conversation)."""
+    intro, ask = "ROMEO and JULIET speak.\n\n", "What light through yonder window breaks?"
+    other, third = "Who art thou?", "Where is thy father?"
+    (tmp_path / "intro.txt").write_text(intro, encoding="utf-8")
+    states = tmp_path / "states"
+    states.mkdir()
+    script = chat_script(ask, "+save s1", other, "+load s1", third, "+reset", ask, "+gen Once upon", "++", "+++",
+                         "after the story", "+exit", "never read")
+    out, err = ok("chat", "--model", demo.path, "--max-tokens", CHAT_TOKENS, "--threads", 1, *NO_PENALTY,
+                  "--temperature", 0, "--user", "ROMEO", "--bot", "JULIET", "--intro", "@intro.txt",
+                  "--state-dir", states, stdin=script, cwd=tmp_path)
+    assert "error" not in err
+
+    ref = ChatReference(demo, "ROMEO", "JULIET", intro)
+    saved = os.path.join(str(states), "s1.state")
+    expected = ["rwkv_cpp chat: %s, RWKV-4, tokenizer 20B.  +help lists the commands.\n" % os.path.basename(demo.path),
+                ref.turn(ask), "(saved the conversation to %s)\n" % saved]
+    after_ask = ref.state, ref.logits
+    expected += [ref.turn(other), "(loaded the conversation from %s)\n" % saved]
+    without_load = ref.turn(third)
+    ref.state, ref.logits = after_ask
+    expected += [ref.turn(third), "(the conversation was reset)\n"]
+    assert expected[-2] != without_load  # so a +load that did nothing would be seen
+    ref.state, ref.logits = ref.intro
+    expected.append(ref.turn(ask))
+    story, state, logits = ref.free("Once upon")
+    expected += [story, story]  # ++ retries it: greedy, so the same text
+    expected.append(ref.tok.decode(greedy_tokens(demo, state, logits, CHAT_TOKENS, tok=ref.tok)[0]) + "\n")  # +++
+    expected.append(ref.turn("after the story"))  # free generations leave the chat's state alone
+    assert out == "".join(expected)
+    saved_state, saved_logits = demo.load_state(saved, with_logits=True)
+    np.testing.assert_allclose(saved_state, after_ask[0], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(saved_logits, after_ask[1], rtol=0, atol=1e-4)
+
+
+def test_chat_inline_settings_and_seed(models, model, tmp_path):
+    """-temp=0 and -top_p=0 inside a message make that reply greedy under a
+    hot --temperature; --seed makes the sampled replies repeat."""
+    args = ("--model", models / "m.gguf", "--max-tokens", CHAT_TOKENS, *NO_PENALTY, "--temperature", 2.0,
+            "--top-p", 1.0, "--seed")
+    script = chat_script("hello -temp=0", "+reset", "hello -top_p=0", "+reset", "hello")
+    out, _ = ok("chat", *args, 9, stdin=script, cwd=tmp_path)
+    again, _ = ok("chat", *args, 9, stdin=script, cwd=tmp_path)
+    other, _ = ok("chat", *args, 10, stdin=script, cwd=tmp_path)
+    greedy = ChatReference(model, "User", "Assistant", "").turn("hello")
+    replies = out.split("(the conversation was reset)\n")
+    assert replies[0].endswith(greedy) and replies[1] == greedy
+    assert replies[2] != greedy  # sampled at temperature 2
+    assert out == again and other != out
