@@ -282,3 +282,87 @@ def test_chat_inline_settings_and_seed(models, model, tmp_path):
     assert replies[0].endswith(greedy) and replies[1] == greedy
     assert replies[2] != greedy  # sampled at temperature 2
     assert out == again and other != out
+
+
+# ---------------------------------------------------------------------------
+# python -m rwkv_cpp.perplexity
+# ---------------------------------------------------------------------------
+
+TEXT = "Shall I compare thee to a summer's day?\nThou art more lovely and more temperate.\n"
+
+
+def nll_by_token(model, tokens):
+    """-log p(token[i+1] | tokens[:i+1]) by one eval per token, float64 log-softmax."""
+    state, out = None, []
+    for i in range(len(tokens) - 1):
+        logits, state = model.eval(int(tokens[i]), state)
+        x = logits.astype(np.float64) - logits.max()
+        out.append(np.log(np.exp(x).sum()) - x[tokens[i + 1]])
+    return np.array(out)
+
+
+def scored(out):
+    result = json.loads(out)
+    return result["n_tokens"], result["cross_entropy"]
+
+
+def test_perplexity_text_flags(models, model, tmp_path):
+    """--chunk and --threads change nothing, --max-tokens N scores N - 1
+    predictions, --json/-q change only the form of the output."""
+    (tmp_path / "t.txt").write_text(TEXT, encoding="utf-8")
+    ids = list(TEXT.encode("utf-8"))
+    ref = nll_by_token(model, ids)
+    base = ("perplexity", models / "m.gguf", "t.txt")
+    for extra in ((), ("--chunk", 7, "--threads", 1), ("--chunk", 1000, "--threads", 2)):
+        out, err = ok(*base, "--json", "-q", *extra, cwd=tmp_path)
+        n, ce = scored(out)
+        assert n == len(ids) - 1 and abs(ce - ref.mean()) < 1e-5 and err == "", extra
+    n, ce = scored(ok(*base, "--json", "-q", "--max-tokens", 40, cwd=tmp_path)[0])
+    assert n == 39 and abs(ce - ref[:39].mean()) < 1e-5
+    out, err = ok(*base, cwd=tmp_path)
+    assert out == "tokens scored: %d  cross-entropy: %.4f nats/token  perplexity: %.3f\n" % (
+        len(ids) - 1, ref.mean(), np.exp(ref.mean()))
+    assert "scoring" in err  # the progress display, which -q turns off
+    for flag in ("--chunk", "--max-tokens"):
+        rc, _, err = run(*base, flag, 0, cwd=tmp_path)
+        assert rc == 2 and "must be an integer >= 1, got 0" in err, flag
+
+
+def test_perplexity_pre_tokenized_and_tokenizer(models, model, tmp_path):
+    """--tokens reads ids (.npy or text) instead of text; --tokenizer
+    supplies a tokenizer to a model that records none."""
+    ids = list(TEXT.encode("utf-8"))
+    np.save(tmp_path / "ids.npy", np.array(ids, dtype=np.int32))
+    (tmp_path / "ids.txt").write_text(" ".join(map(str, ids)))
+    (tmp_path / "t.txt").write_text(TEXT, encoding="utf-8")
+    expected = nll_by_token(model, ids).mean()
+    for name in ("ids.npy", "ids.txt"):
+        n, ce = scored(ok("perplexity", models / "m.gguf", name, "--tokens", "--json", "-q", cwd=tmp_path)[0])
+        assert n == len(ids) - 1 and abs(ce - expected) < 1e-5, name
+    rc, _, err = run("perplexity", models / "none.gguf", "t.txt", "-q", cwd=tmp_path)
+    assert rc == 1 and "records no tokenizer" in err
+    out, _ = ok("perplexity", models / "none.gguf", "t.txt", "--tokenizer", "bytes", "--json", "-q", cwd=tmp_path)
+    with rwkv_cpp.Model(models / "none.gguf", n_threads=1) as other:
+        assert abs(scored(out)[1] - nll_by_token(other, ids).mean()) < 1e-5
+
+
+def test_perplexity_lambada_file_and_max_passages(models, model, tmp_path):
+    """LAMBADA on a tiny file: for each passage, token 0 and the context,
+    then the last word (with its space) scored; --max-passages N keeps the
+    first N."""
+    passages = ["the cat sat on the mat", "to be or not to be", "all the world is a stage"]
+    (tmp_path / "l.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in passages))
+    out, _ = ok("perplexity", models / "m.gguf", "--lambada", "l.jsonl", "--max-passages", 2, "--json", "-q",
+                cwd=tmp_path)
+    nll_sums, correct = [], 0
+    for text in passages[:2]:
+        cut = text.rfind(" ")
+        context, target = [0] + list(text[:cut].encode()), list(text[cut:].encode())
+        nll = nll_by_token(model, context + target)[len(context) - 1:]
+        nll_sums.append(nll.sum())
+        # correct: every target token is the argmax after the tokens before it
+        correct += all(int(np.argmax(model.eval_sequence(context + target[:i])[0])) == t
+                       for i, t in enumerate(target))
+    result = json.loads(out)
+    assert result["n_passages"] == 2 and result["accuracy"] == correct / 2
+    assert abs(np.log(result["perplexity"]) - np.mean(nll_sums)) < 1e-5

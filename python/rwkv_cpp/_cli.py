@@ -8,6 +8,7 @@ rwkv_cpp.generate``, ``.chat``, ``.perplexity``, ``.compare``,
 imports none.
 """
 
+import argparse
 import os
 import sys
 
@@ -18,6 +19,14 @@ from ._defaults import default_model_path
 from .sampling import SamplingParams
 
 # -- arguments --------------------------------------------------------------
+
+
+def positive_int(text):
+    """An argparse ``type``: an integer >= 1 (a count of tokens or passages)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be an integer >= 1, got %s" % text)
+    return value
 
 
 def add_tokenizer_argument(parser):

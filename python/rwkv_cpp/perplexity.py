@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ._cli import Progress, add_quiet_argument, add_threads_argument, add_tokenizer_argument, report_error
+from ._cli import Progress, add_quiet_argument, add_threads_argument, add_tokenizer_argument, positive_int, report_error
 from ._model import Model
 from ._scoring import read_token_file, token_nll
 from .errors import RWKVError
@@ -56,6 +56,8 @@ def perplexity(model, tokens, chunk=DEFAULT_CHUNK, progress=None):
     """Token-level cross-entropy of ``tokens`` (each predicted from all the
     ones before it; the first is only context)."""
     tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+    if chunk < 1:
+        raise ValueError("chunk must be >= 1, got %d" % chunk)
     if tokens.size < 2:
         raise ValueError("need at least 2 tokens to measure perplexity, got %d" % tokens.size)
     total, state, done = 0.0, None, 0
@@ -116,11 +118,11 @@ def main(argv=None):
     add_tokenizer_argument(ap)
     ap.add_argument("--tokens", action="store_true",
                     help="FILE is pre-tokenized: a .npy array or whitespace-separated token ids")
-    ap.add_argument("--max-tokens", type=int, default=None, help="score only the first N tokens")
+    ap.add_argument("--max-tokens", type=positive_int, default=None, help="score only the first N tokens")
     ap.add_argument("--lambada", nargs="?", const="", default=None, metavar="PATH",
                     help="score LAMBADA (default path: ../shared/data/eval/lambada_test.jsonl)")
-    ap.add_argument("--max-passages", type=int, default=None, help="LAMBADA: only the first N passages")
-    ap.add_argument("--chunk", type=int, default=DEFAULT_CHUNK, help="tokens per evaluation call")
+    ap.add_argument("--max-passages", type=positive_int, default=None, help="LAMBADA: only the first N passages")
+    ap.add_argument("--chunk", type=positive_int, default=DEFAULT_CHUNK, help="tokens per evaluation call")
     add_threads_argument(ap)
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     add_quiet_argument(ap)
@@ -142,7 +144,7 @@ def main(argv=None):
                 else:
                     with open(args.file, encoding="utf-8") as f:
                         tokens = for_model(model, args.tokenizer).encode(f.read())
-                if args.max_tokens:
+                if args.max_tokens is not None:
                     tokens = tokens[:args.max_tokens]
                 result = perplexity(model, tokens, args.chunk, bar.update)
             bar.close()
