@@ -366,3 +366,55 @@ def test_perplexity_lambada_file_and_max_passages(models, model, tmp_path):
     result = json.loads(out)
     assert result["n_passages"] == 2 and result["accuracy"] == correct / 2
     assert abs(np.log(result["perplexity"]) - np.mean(nll_sums)) < 1e-5
+
+
+# ---------------------------------------------------------------------------
+# python -m rwkv_cpp.compare
+# ---------------------------------------------------------------------------
+
+
+def comparison(models, tokens):
+    """The compare figures of m.gguf (A) against m-q8.gguf (B), in numpy."""
+    logits = []
+    for name in ("m.gguf", "m-q8.gguf"):
+        with rwkv_cpp.Model(models / name, n_threads=1) as m:
+            logits.append(np.stack([m.eval_sequence(tokens[:i + 1])[0] for i in range(len(tokens))]))
+    a, b = (x.astype(np.float64) for x in logits)
+    log_pa = a - a.max(-1, keepdims=True) - np.log(np.exp(a - a.max(-1, keepdims=True)).sum(-1, keepdims=True))
+    log_pb = b - b.max(-1, keepdims=True) - np.log(np.exp(b - b.max(-1, keepdims=True)).sum(-1, keepdims=True))
+    kl = (np.exp(log_pa) * (log_pa - log_pb)).sum(-1)
+    return {"n_tokens": len(tokens), "kl_mean": kl.mean(), "kl_max": kl.max(), "max_abs": np.abs(b - a).max(),
+            "rel_rms": np.sqrt(((b - a) ** 2).mean() / (a ** 2).mean()),
+            "top1_agreement": (a.argmax(-1) == b.argmax(-1)).mean()}
+
+
+def assert_figures(out, expected):
+    result = json.loads(out)
+    assert result["n_tokens"] == expected["n_tokens"]
+    for key in ("kl_mean", "kl_max", "max_abs", "rel_rms", "top1_agreement"):
+        assert abs(result[key] - expected[key]) <= 1e-5 * max(1.0, abs(expected[key])), key
+
+
+def test_compare_flags(models, tmp_path):
+    """--random N with --seed, --text with --max-tokens (and --max-tokens on
+    random tokens), --json against the figures computed here."""
+    (tmp_path / "t.txt").write_text(TEXT, encoding="utf-8")
+    pair = ("compare", models / "m.gguf", models / "m-q8.gguf")
+    seeded = ok(*pair, "--random", 20, "--seed", 1, "--json", cwd=tmp_path)[0]
+    assert_figures(seeded, comparison(models, np.random.default_rng(1).integers(0, 256, 20)))
+    assert seeded != ok(*pair, "--random", 20, "--seed", 2, "--json", cwd=tmp_path)[0]
+    assert_figures(ok(*pair, "--text", "t.txt", "--max-tokens", 30, "--json", cwd=tmp_path)[0],
+                   comparison(models, list(TEXT.encode())[:30]))
+    line = ok(*pair, "--random", 64, "--max-tokens", 10, cwd=tmp_path)[0]
+    assert line.startswith("tokens: 10  KL mean ")
+    rc, _, err = run(*pair, "--random", 0, cwd=tmp_path)
+    assert rc == 2 and "must be an integer >= 1" in err
+
+
+def test_compare_tokenizer_override(models, tmp_path):
+    (tmp_path / "t.txt").write_text(TEXT, encoding="utf-8")
+    pair = ("compare", models / "none.gguf", models / "none.gguf", "--text", "t.txt", "--json")
+    rc, _, err = run(*pair, cwd=tmp_path)
+    assert rc == 1 and "records no tokenizer" in err
+    result = json.loads(ok(*pair, "--tokenizer", "bytes", cwd=tmp_path)[0])
+    assert result["n_tokens"] == len(TEXT.encode()) and result["max_abs"] == 0 and result["top1_agreement"] == 1

@@ -2,7 +2,7 @@
 difference and top-1 agreement — the precise way to see what a quantization
 changes.
 
-    python -m rwkv_cpp.compare A B [--text FILE | --random N] [--tokenizer NAME]
+    python -m rwkv_cpp.compare A B [--text FILE | --random N] [--max-tokens N] [--tokenizer NAME]
 """
 
 import argparse
@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ._cli import add_tokenizer_argument, report_error
+from ._cli import add_tokenizer_argument, positive_int, report_error
 from ._model import Model
 from ._scoring import kl_rows
 from .errors import RWKVError
@@ -52,6 +52,8 @@ def compare_models(model_a, model_b, tokens, chunk=256):
     """Feeds the same tokens to both models (state carried) and compares
     the logits at every position.  Models are paths or open Models."""
     tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+    if tokens.size == 0:
+        raise ValueError("no tokens to compare the models on")
     opened = []
 
     def _open(m):
@@ -83,21 +85,23 @@ def main(argv=None):
     ap.add_argument("b", help="model to compare (e.g. a quantized file)")
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--text", help="UTF-8 text file to feed (tokenized with the model's tokenizer)")
-    src.add_argument("--random", type=int, default=256, metavar="N", help="N random tokens (default)")
-    ap.add_argument("--max-tokens", type=int, default=1024)
+    src.add_argument("--random", type=positive_int, default=256, metavar="N",
+                     help="N random tokens (the default, N = %(default)s)")
+    ap.add_argument("--max-tokens", type=positive_int, default=1024, metavar="N",
+                    help="feed at most N tokens (default %(default)s)")
     add_tokenizer_argument(ap)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random tokens (default %(default)s)")
+    ap.add_argument("--json", action="store_true", help="print the result as JSON")
     args = ap.parse_args(argv)
 
     try:
         with Model(args.a) as a, Model(args.b) as b:
             if args.text:
                 with open(args.text, encoding="utf-8") as f:
-                    tokens = for_model(a, args.tokenizer).encode(f.read())[:args.max_tokens]
+                    tokens = for_model(a, args.tokenizer).encode(f.read())
             else:
                 tokens = np.random.default_rng(args.seed).integers(0, a.n_vocab, args.random)
-            result = compare_models(a, b, tokens)
+            result = compare_models(a, b, tokens[:args.max_tokens])
     except (RWKVError, OSError, ValueError) as exc:
         return report_error(exc)
     print(json.dumps(asdict(result)) if args.json else result.line())
