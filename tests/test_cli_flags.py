@@ -418,3 +418,85 @@ def test_compare_tokenizer_override(models, tmp_path):
     assert rc == 1 and "records no tokenizer" in err
     result = json.loads(ok(*pair, "--tokenizer", "bytes", cwd=tmp_path)[0])
     assert result["n_tokens"] == len(TEXT.encode()) and result["max_abs"] == 0 and result["top1_agreement"] == 1
+
+
+# ---------------------------------------------------------------------------
+# python -m rwkv_cpp.quantize
+# ---------------------------------------------------------------------------
+
+
+def tensor_types(path):
+    """{tensor name: ggml type name} of a GGUF file, read by the tests' own reader."""
+    return {name: info.type.name for name, info in read_gguf(str(path)).tensors.items()}
+
+
+def test_quantize_flags(models, tmp_path):
+    """--quantize-head / --quantize-emb quantize those two matrices too
+    (default FP16), --threads leaves the bytes unchanged, -q silences it,
+    the type name is case-insensitive."""
+    source = models / "m.gguf"
+    one_d = {name for name, info in read_gguf(str(source)).tensors.items()
+             if len(info.ne) == 1 or info.ne[1] == 1}
+    cases = {"plain": ((), "F16", "F16"), "head": (("--quantize-head",), "Q5_1", "F16"),
+             "emb": (("--quantize-emb",), "F16", "Q5_1"),
+             "both": (("--quantize-head", "--quantize-emb", "--threads", 1), "Q5_1", "Q5_1")}
+    for case, (flags, head, emb) in cases.items():
+        out, err = ok("quantize", source, case + ".gguf", "q5_1", "-q", *flags, cwd=tmp_path)
+        assert out == err == ""
+        types = tensor_types(tmp_path / (case + ".gguf"))
+        assert {"head.weight", "emb.weight"} <= types.keys()
+        for name, ggml_type in types.items():
+            want = "F32" if name in one_d else {"head.weight": head, "emb.weight": emb}.get(name, "Q5_1")
+            assert ggml_type == want, (case, name)
+    _, err = ok("quantize", source, "both2.gguf", "Q5_1", "--quantize-head", "--quantize-emb", "--threads", 2,
+                cwd=tmp_path)
+    assert (tmp_path / "both.gguf").read_bytes() == (tmp_path / "both2.gguf").read_bytes()
+    assert "m.gguf (" in err and "both2.gguf (" in err and "Q5_1)" in err  # sizes, printed without -q
+
+
+# ---------------------------------------------------------------------------
+# python -m rwkv_cpp.embed_stats
+# ---------------------------------------------------------------------------
+
+
+def passage_embeddings(model, text, n, parts):
+    """The embeddings (``parts``) of the consecutive ``n``-byte passages of ``text``."""
+    ids = list(text.encode("utf-8"))
+    states = [model.eval_sequence(ids[i:i + n])[1] for i in range(0, len(ids) - n + 1, n)]
+    return from_state(np.stack(states), model.n_layer, model.n_embed, parts).astype(np.float64)
+
+
+def test_embed_stats_flags(models, model, tmp_path):
+    """-o, --parts, --passage-tokens, --max-passages 0 (all), two corpus
+    files: the mean and std are those of the passages' embeddings."""
+    texts = {"a.txt": TEXT * 2, "b.txt": TEXT[::-1] * 3}
+    for name, text in texts.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    out, err = ok("embed_stats", models / "m.gguf", "a.txt", "b.txt", "-o", "s.stats", "--parts", "wkv,pp@-1",
+                  "--passage-tokens", 16, "--max-passages", 0, "--threads", 1, "-q", cwd=tmp_path)
+    x = np.concatenate([passage_embeddings(model, text, 16, "wkv,pp@1") for text in texts.values()])
+    stats = EmbedStats.load(tmp_path / "s.stats", model)
+    assert (stats.n_passages, stats.passage_tokens, stats.sources) == (len(x), 16, ["a.txt", "b.txt"])
+    assert stats.parts.names == ("pp", "wkv") and stats.mean.size == 2 * model.n_embed
+    np.testing.assert_allclose(stats.mean, x.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stats.std, x.std(0), rtol=1e-5, atol=1e-6)
+    assert out.startswith("wrote s.stats: %d passages of 16 tokens from 2 file(s)" % len(x)) and err == ""
+
+
+def test_embed_stats_seed_and_tokenizer(models, tmp_path):
+    """--max-passages M draws M passages, the same for one --seed;
+    --tokenizer supplies a tokenizer to a model that records none."""
+    (tmp_path / "a.txt").write_text(TEXT * 3, encoding="utf-8")
+    run_args = ("embed_stats", models / "none.gguf", "a.txt", "--parts", "wkv", "--passage-tokens", 8,
+                "--max-passages", 3, "--tokenizer", "bytes")
+    means = {}
+    for name, seed in (("s1", 1), ("s1b", 1), ("s2", 2)):
+        _, err = ok(*run_args, "--seed", seed, "-o", name + ".stats", cwd=tmp_path)
+        assert "embedding 3 passages" in err  # the progress display, shown without -q
+        stats = EmbedStats.load(tmp_path / (name + ".stats"))
+        assert stats.n_passages == 3
+        means[name] = stats.mean
+    np.testing.assert_array_equal(means["s1"], means["s1b"])
+    assert not np.array_equal(means["s1"], means["s2"])
+    rc, _, err = run(*run_args[:-2], "-o", "x.stats", cwd=tmp_path)
+    assert rc == 1 and "records no tokenizer" in err
