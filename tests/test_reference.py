@@ -180,9 +180,9 @@ def test_reference_state_bounds_catch_a_wrong_epsilon(zoo, monkeypatch):
     logits move by 2.5e-5 - 4e-5 (fp32 checkpoints), x_prev by 1.2e-5 -
     1.4e-5 (2-6x its bound), on every checkpoint."""
     name = "v256_d64_l2"
-    official = zoo.official(name, "fp32")
+    tokens, official = zoo.tokens(name), zoo.official(name, "fp32")  # made with the right epsilon
     monkeypatch.setattr(ref, "LAYER_NORM_EPS", 1e-6)
-    wrong = run_reference(zoo.state_dict(name), "fp32", zoo.tokens(name))
+    wrong = run_reference(zoo.state_dict(name), "fp32", tokens)
     with pytest.raises(AssertionError):
         assert_reference_logits_close(wrong.logits, official.logits)
     with pytest.raises(AssertionError, match="x_prev"):
