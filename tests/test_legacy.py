@@ -10,6 +10,7 @@ from rwkv_cpp import ModelFormatError, UnsupportedModelError
 from rwkv_cpp.convert import ConvertError, convert_file
 from rwkv_cpp.convert.legacy_bin import read_legacy_bin
 
+from format_rounding import assert_stored_weights_within_rounding
 from gguf_reader import read_gguf
 from shared_data import REFERENCE, need
 
@@ -182,39 +183,6 @@ def test_wkv_fp16_fixture_matches(tmp_path, name):
 # propagated through the layers with at most the 4x amplification of
 # test_quantize's RWKV-4 bounds: 0.019 (measured 0.0003 - 0.007).
 Q5_VS_DEQUANTIZED_REL_RMS = 4 * 2.1 / 127 / 12 ** 0.5
-# Q5 blocks of 32 weights (ggml): Q5_1 stores d = (max - min) / 31 and min,
-# Q5_0 d = (the weight of largest magnitude) / -16 and clips the top code,
-# both as fp16.  So each weight is within d / 2 (Q5_1) or d (Q5_0) of the
-# FP32 weight, plus 32 fp16 ulps of d and one of min (2**-11 relative each).
-FP16_REL = 2.0 ** -11
-
-
-def _quantization_error_bound(fp32_blocks, kind):
-    lo, hi = fp32_blocks.min(axis=1, keepdims=True), fp32_blocks.max(axis=1, keepdims=True)
-    if kind == "Q5_1":
-        step = (hi - lo) / 31
-        return step / 2 + 32 * FP16_REL * step + FP16_REL * np.abs(lo)
-    step = np.maximum(np.abs(lo), np.abs(hi)) / 16
-    return step + 32 * FP16_REL * step
-
-
-def _check_q5_weights(q5_gguf, dequantized_gguf, fp32_gguf, kind):
-    """Every quantized matrix of the fixture, dequantized, within the format's
-    rounding of the FP32 fixture's weights."""
-    quantized = read_gguf(str(q5_gguf))
-    dequantized, exact = read_gguf(str(dequantized_gguf)), read_gguf(str(fp32_gguf))
-    checked = 0
-    for name, info in quantized.tensors.items():
-        if info.type.name != kind:
-            continue
-        blocks = np.asarray(exact.tensor(name), np.float64).reshape(-1, 32)
-        err = np.abs(np.asarray(dequantized.tensor(name), np.float64).reshape(-1, 32) - blocks)
-        excess = err - _quantization_error_bound(blocks, kind)
-        assert excess.max() <= 0, "%s: a weight %.3g beyond its Q5 rounding" % (name, excess.max())
-        checked += 1
-    assert checked > 0
-
-
 def _relative_rms(actual, expected):
     expected = np.asarray(expected, np.float64)
     return np.sqrt(((actual - expected) ** 2).mean() / (expected ** 2).mean())
@@ -237,7 +205,8 @@ def test_wkv_q5_fixture_within_bound(tmp_path, name, kind):
         assert np.abs(logits - expected).max() <= 0.3
     else:
         _fixture_logits(tmp_path, name, "FP32")
-        _check_q5_weights(q5_gguf, dequantized, tmp_path / ("%s-FP32.gguf" % name), kind)
+        # every dequantized weight within the Q5 format's rounding of the FP32 fixture's
+        assert_stored_weights_within_rounding(q5_gguf, dequantized, tmp_path / ("%s-FP32.gguf" % name), kind)
     rel = _relative_rms(logits, expected)
     assert rel <= Q5_REL_RMS_BOUND, (rel, Q5_REL_RMS_BOUND)
 

@@ -4,13 +4,19 @@ against it.
 
 Tolerances (max-abs over every logit of every step; the final state by
 reference_rwkv4.state_errors):
-- reference vs official `cpu fp32`: 1e-5, the float32 rounding of the
-  official code (logits up to ~10, sums over at most 3072 terms, 64 steps;
-  measured 2e-6 - 4e-6).
+- reference vs official `cpu fp32`: the float32 rounding of the official
+  code.  Logits 1e-5 (logits up to ~10, sums over at most 3072 terms, 64
+  steps; measured 2e-6 - 4e-6); the final state by kind, derived below
+  (reference_state_bounds) from float32's unit roundoff, 3x (pp, x_prev)
+  to 18x (bb) above what is measured.  Both are shown to catch a LayerNorm
+  epsilon of 1e-6 and a time_decay kept at fp16 precision (the *_catch_*
+  tests).
 - our FP32 files vs reference: 1e-4, as for the official parity tests; also
   on the embedding rows the parity tests avoid (bf16 checkpoints).
 - wkv_step_ref vs the direct sum: 1e-12 relative (both float64).
 """
+
+import math
 
 import numpy as np
 import pytest
@@ -27,7 +33,11 @@ from conftest import (
 )
 
 REFERENCE_VS_OFFICIAL_LOGITS = 1e-5
-REFERENCE_VS_OFFICIAL_STATE = 1e-5  # each kind, measured as in ref.state_errors
+FLOAT32_UNIT_ROUNDOFF = 2.0 ** -24  # a float32 rounding moves a value x by at most this * |x|
+# Magnitudes in the final states of the random checkpoints (measured: x_prev
+# up to 3.4, pp up to 3.7): LayerNorm outputs, and the largest key seen.
+STATE_X_PREV_MAX = 4.0
+STATE_PP_MAX = 4.0
 OURS_FP32_VS_REFERENCE = 1e-4
 WKV_DIRECT_RTOL = 1e-12
 
@@ -128,10 +138,71 @@ def per_step_max_abs(actual, expected):
 def test_reference_matches_official(zoo, name, source_dtype):
     official = zoo.official(name, source_dtype)
     reference = zoo.reference(name, source_dtype)
-    errors = per_step_max_abs(reference.logits, official.logits)
+    assert_reference_logits_close(reference.logits, official.logits)
+    assert_reference_state_close(zoo.shape(name), reference.states[-1], official.states[-1], len(reference.states))
+
+
+def reference_state_bounds(shape, n_steps):
+    """Bounds of the official float32 run's error in the final state after
+    n_steps tokens, by kind (measured as in ref.state_errors):
+
+    x_prev: LayerNorm outputs, recomputed at each step.  The variance is a
+        float32 sum of D squares: a random walk of D roundings, relative
+        error sqrt(D) u, of which the output takes half; as much again for
+        the error the residual stream brings in.  sqrt(D) u |x|.
+    pp: the largest key seen, decayed: p = max(p + w, k).  While it decays
+        each step adds the same w to a similar value, rounding by up to u |p|
+        in the same direction: n_steps u |p| in all.
+    aa, bb: stored scaled by exp(-pp), so pp's absolute error becomes their
+        relative error, plus each step's own roundings (aa = e1 aa + e2 v:
+        three; bb = e1 bb + e2: two) accumulated over the steps.
+    """
+    u = FLOAT32_UNIT_ROUNDOFF
+    pp = n_steps * u * STATE_PP_MAX
+    return {"x_prev": math.sqrt(shape.n_embed) * u * STATE_X_PREV_MAX, "pp": pp,
+            "aa": pp + n_steps * 3 * u, "bb": pp + n_steps * 2 * u}
+
+
+def assert_reference_state_close(shape, actual, expected, n_steps):
+    errors = ref.state_errors(shape, actual, expected)
+    bounds = reference_state_bounds(shape, n_steps)
+    beyond = {kind: f"{errors[kind]:.3g} > {bounds[kind]:.3g}" for kind in errors if errors[kind] > bounds[kind]}
+    assert not beyond, f"state errors beyond their bounds: {beyond}"
+
+
+def assert_reference_logits_close(actual, expected):
+    errors = per_step_max_abs(actual, expected)
     assert errors.max() <= REFERENCE_VS_OFFICIAL_LOGITS, describe_step_errors(errors)
-    state_err = ref.state_errors(zoo.shape(name), reference.states[-1], official.states[-1])
-    assert max(state_err.values()) <= REFERENCE_VS_OFFICIAL_STATE, state_err
+
+
+def test_reference_state_bounds_catch_a_wrong_epsilon(zoo, monkeypatch):
+    """A LayerNorm epsilon of 1e-6 instead of 1e-5 in the reference: the
+    logits move by 2.5e-5 - 4e-5 (fp32 checkpoints), x_prev by 1.2e-5 -
+    1.4e-5 (2-6x its bound), on every checkpoint."""
+    name = "v256_d64_l2"
+    tokens, official = zoo.tokens(name), zoo.official(name, "fp32")  # made with the right epsilon
+    monkeypatch.setattr(ref, "LAYER_NORM_EPS", 1e-6)
+    wrong = run_reference(zoo.state_dict(name), "fp32", tokens)
+    with pytest.raises(AssertionError):
+        assert_reference_logits_close(wrong.logits, official.logits)
+    with pytest.raises(AssertionError, match="x_prev"):
+        assert_reference_state_close(zoo.shape(name), wrong.states[-1], official.states[-1], len(wrong.states))
+
+
+def test_reference_state_bounds_catch_a_decay_at_fp16(zoo):
+    """time_decay kept at fp16 precision (a loader that rounds the vectors):
+    every kind of state beyond its bound on every checkpoint (pp by 1e-3,
+    60x; aa, bb by 7e-4 - 2.4e-3, 25x or more), and the logits (4e-4)."""
+    name = "v256_d64_l2"
+    official = zoo.official(name, "fp32")
+    state_dict = {key: value.astype(np.float16).astype(np.float32) if key.endswith("time_decay") else value
+                  for key, value in zoo.state_dict(name).items()}
+    wrong = run_reference(state_dict, "fp32", zoo.tokens(name))
+    with pytest.raises(AssertionError):
+        assert_reference_logits_close(wrong.logits, official.logits)
+    errors = ref.state_errors(zoo.shape(name), wrong.states[-1], official.states[-1])
+    bounds = reference_state_bounds(zoo.shape(name), len(wrong.states))
+    assert all(errors[kind] > bounds[kind] for kind in bounds), (errors, bounds)
 
 
 # ---------------------------------------------------------------------------

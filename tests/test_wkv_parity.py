@@ -14,18 +14,16 @@ Tolerances:
   other summation orders (measured: up to 3.3e-5 logits).
 - reference vs official: 5e-5: the official float32 rounding (logits up to
   ~11; measured up to 1.2e-5).
-- FP16 files: every matrix rounded to fp16 (relative 2**-11 per weight) and
-  the activations of each product too.  As for RWKV-4 (test_quantize), the
-  relative RMS error of the logits is bounded by 4x (weight + activation
-  error) = 2.3e-3 (measured up to 1.7e-3); the max-abs error by 0.1 (1% of
-  the logits' range; measured up to 5.6e-2, at the first tokens: see below).
-- Q8_0 / Q5_1 files: relative RMS error of the logits over all steps within
-  6x (weight + activation error) from test_quantize's per-format figures:
-  Q8_0 0.057, Q5_1 0.26 (measured up to 0.043 and 0.17).  Not 4x as for
-  RWKV-4: ln_x, a GroupNorm per head, rescales each head's output to unit
-  variance, which amplifies the relative error of heads whose output is
-  small; at the first tokens (zero state) a head's output is a multiple of
-  v, r . (u * k) v, and that multiple can be near zero.
+- FP16, Q8_0 and Q5_1 files, two checks each:
+  1. every stored weight within its format's rounding of the FP32 weight
+     (tests/format_rounding.py: exact, machine-independent bounds; this is
+     what catches a matrix at the wrong precision or a damaged block);
+  2. the relative RMS error of the logits over all steps against the
+     official run, within REL_RMS_BOUND, derived below from the formats'
+     rounding (measured: FP16 up to 1.4e-3, Q8_0 0.043, Q5_1 0.17, each
+     2-3x below its bound); FP16 also max-abs 0.1 (1% of the logits' range;
+     measured up to 4.3e-2) and the final state.
+  Each bound is shown to catch a deliberate fault (the *_catches_* tests).
 """
 
 import math
@@ -33,21 +31,54 @@ import math
 import numpy as np
 import pytest
 
+import file_faults
 import reference_rwkv5plus as ref
 from conftest import TEST_THREADS, import_rwkv_cpp, run_ours
+from format_rounding import assert_within_rounding, stored_weights_errors
+from gguf_reader import read_gguf
 from wkv_zoo import SPECS, VERSIONS, first_failure, spec_names
 
 FP32_TOL = 1e-4
 REFERENCE_TOL = 5e-5
 FP16_MAX_ABS = 0.1
 FP16_STATE = {"x_prev": 1e-2, "wkv": 0.06}  # 64 steps x 2 fp16 roundings (2**-10), accumulated in the state
-WEIGHT_REL_ERR = {"FP16": 2.0 ** -11 / math.sqrt(3), "Q8_0": 2.1 / 127 / math.sqrt(12),
-                  "Q5_1": 2 * 2.1 / 31 / math.sqrt(12)}
-REL_RMS_BOUND = {
-    "FP16": 4 * 2 * WEIGHT_REL_ERR["FP16"],
-    "Q8_0": 6 * 2 * WEIGHT_REL_ERR["Q8_0"],
-    "Q5_1": 6 * (WEIGHT_REL_ERR["Q5_1"] + WEIGHT_REL_ERR["Q8_0"]),
-}
+
+# Relative RMS rounding error of one value, by format:
+#   fp16: 11 significant bits, round to nearest: uniform within +-2**-11
+#         relative, RMS 2**-11 / sqrt(3);
+#   Q8_0: blocks of 32, step d = max|x| / 127, uniform within +-d / 2: RMS
+#         d / sqrt(12), i.e. (max / RMS of the block) / 127 / sqrt(12);
+#   Q5_1: step (max - min) / 31 ~ 2 (max / RMS) / 31 for a symmetric block.
+# max / RMS of a block of 32 Gaussian weights: 2.1.  Each matrix product
+# also rounds its activations: to fp16 for FP16 matrices, to 8-bit blocks
+# (Q8_0; Q8_1 for Q5_1) otherwise, where the worst blocks are the FFN's
+# relu(k)**2: the largest of 32 normals (~2.04) squared over the RMS of
+# relu(z)**2 (sqrt(3 / 2)): max / RMS 3.4.
+GAUSSIAN_BLOCK_PEAK = 2.1
+RELU2_BLOCK_PEAK = 3.4
+FP16_REL_RMS = 2.0 ** -11 / math.sqrt(3)
+Q8_ACTIVATION_REL_RMS = RELU2_BLOCK_PEAK / 127 / math.sqrt(12)
+WEIGHT_REL_RMS = {"FP16": FP16_REL_RMS, "Q8_0": GAUSSIAN_BLOCK_PEAK / 127 / math.sqrt(12),
+                  "Q5_1": 2 * GAUSSIAN_BLOCK_PEAK / 31 / math.sqrt(12)}
+ACTIVATION_REL_RMS = {"FP16": FP16_REL_RMS, "Q8_0": Q8_ACTIVATION_REL_RMS, "Q5_1": Q8_ACTIVATION_REL_RMS}
+# A product's output carries its weight and activation errors (independent:
+# in quadrature).  The logits collect those of every full-width product of
+# the model, 3 layers x at most 8 (r, k, v, g, output; FFN key, value,
+# receptance) + the head = 25, each brought to the scale of the residual
+# stream by the LayerNorms, independent: in quadrature again, growth
+# sqrt(25).  (The LoRA products of v6/v7 feed tanh/sigmoid gates, which damp
+# their errors.)
+PRODUCT_GROWTH = math.sqrt(3 * 8 + 1)
+# Margin 2 for ln_x: a GroupNorm per head rescales each head's output to unit
+# variance, amplifying the relative error of a head whose output is small;
+# at the first tokens (zero state) that output is a multiple of v,
+# r . (u * k) v, which can be near zero.  (v5.0/5.1: single steps up to 10x
+# the median step's error, the RMS over all steps up to 1.7x the median
+# step's.)
+LN_X_MARGIN = 2
+GGML_TYPE_NAME = {"FP16": "F16", "Q8_0": "Q8_0", "Q5_1": "Q5_1"}
+REL_RMS_BOUND = {kind: LN_X_MARGIN * PRODUCT_GROWTH * math.hypot(WEIGHT_REL_RMS[kind], ACTIVATION_REL_RMS[kind])
+                 for kind in WEIGHT_REL_RMS}  # FP16 4.0e-3, Q8_0 0.091, Q5_1 0.40
 
 
 def per_step_max_abs(actual, expected):
@@ -57,6 +88,12 @@ def per_step_max_abs(actual, expected):
 def relative_rms(actual, expected):
     expected = expected.astype(np.float64)
     return float(np.sqrt(((actual - expected) ** 2).mean()) / np.sqrt((expected ** 2).mean()))
+
+
+def assert_rel_rms_within_bound(actual, expected, file_type):
+    rel = relative_rms(actual, expected)
+    bound = REL_RMS_BOUND[file_type]
+    assert rel <= bound, f"{file_type}: relative RMS error {rel:.3g} (bound {bound:.3g})"
 
 
 def assert_states_close(shape, actual_states, expected_states, tol):
@@ -114,8 +151,7 @@ def test_fp32_matches_reference(wkv_zoo, name):
 def test_fp16_within_bounds(wkv_zoo, name):
     official = wkv_zoo.official(name)
     ours = run_ours(wkv_zoo.gguf(name, "FP16"), wkv_zoo.tokens(name))
-    rel = relative_rms(ours.logits, official.logits)
-    assert rel <= REL_RMS_BOUND["FP16"], f"relative RMS error {rel:.3g}"
+    assert_rel_rms_within_bound(ours.logits, official.logits, "FP16")
     err = per_step_max_abs(ours.logits, official.logits)
     assert err.max() <= FP16_MAX_ABS, f"logits max-abs {err.max():.3g} at step {int(err.argmax())}"
     assert_states_close(wkv_zoo.shape(name), ours.states[-1:], official.states[-1:], FP16_STATE)
@@ -126,8 +162,89 @@ def test_fp16_within_bounds(wkv_zoo, name):
 def test_quantized_within_bounds(wkv_zoo, name, qtype):
     official = wkv_zoo.official(name)
     ours = run_ours(wkv_zoo.quantized(name, qtype), wkv_zoo.tokens(name))
-    rel = relative_rms(ours.logits, official.logits)
-    assert rel <= REL_RMS_BOUND[qtype], f"relative RMS error {rel:.3g} (bound {REL_RMS_BOUND[qtype]:.3g})"
+    assert_rel_rms_within_bound(ours.logits, official.logits, qtype)
+
+
+def stored_file(wkv_zoo, name, file_type):
+    return wkv_zoo.gguf(name, "FP16") if file_type == "FP16" else wkv_zoo.quantized(name, file_type)
+
+
+def stored_weights_excess(wkv_zoo, name, path, file_type, tmp_path):
+    """{tensor: excess over its format's rounding} of the file ``path`` (of
+    ``file_type``) against the FP32 file of checkpoint ``name``."""
+    from rwkv_cpp.quantize import quantize
+
+    values = tmp_path / f"{path.stem}-values.gguf"
+    quantize(path, values, "FP32", n_threads=1)  # ggml's own dequantization
+    return stored_weights_errors(path, values, wkv_zoo.gguf(name), GGML_TYPE_NAME[file_type])
+
+
+@pytest.mark.parametrize("file_type", ["FP16", "Q8_0", "Q5_1"])
+@pytest.mark.parametrize("name", list(SPECS))
+def test_stored_weights_within_format_rounding(wkv_zoo, tmp_path, name, file_type):
+    excess = stored_weights_excess(wkv_zoo, name, stored_file(wkv_zoo, name, file_type), file_type, tmp_path)
+    assert_within_rounding(excess, GGML_TYPE_NAME[file_type])
+
+
+# ---------------------------------------------------------------------------
+# Deliberate faults that the bounds above must catch
+# ---------------------------------------------------------------------------
+
+FAULT_SPEC = "v5.2-h64"
+
+
+@pytest.mark.parametrize("file_type, fault", [
+    ("FP16", file_faults.fp16_at_q8_0_precision),
+    ("Q8_0", file_faults.swap_first_scales), ("Q8_0", file_faults.flip_lowest_code_bit),
+    ("Q5_1", file_faults.swap_first_scales), ("Q5_1", file_faults.flip_lowest_code_bit)])
+def test_weight_check_catches_a_damaged_matrix(wkv_zoo, tmp_path, file_type, fault):
+    """One matrix at Q8_0 precision in an FP16 file, two blocks' scales
+    swapped, a single weight one quantization step off: each moves its
+    matrix's weights beyond the format's rounding, and only that matrix's."""
+    tensor = "blocks.1.att.output.weight"
+    damaged = file_faults.damaged_copy(stored_file(wkv_zoo, FAULT_SPEC, file_type), tmp_path / "damaged.gguf",
+                                       [tensor], fault)
+    excess = stored_weights_excess(wkv_zoo, FAULT_SPEC, damaged, file_type, tmp_path)
+    assert excess.pop(tensor) > 0
+    assert max(excess.values()) <= 0
+
+
+def test_fp16_bound_catches_a_wrong_ln_x_epsilon(wkv_zoo, tmp_path):
+    """An FP16 file recording ln_x eps 1e-5 (as the rwkv.cpp 5.x fixtures)
+    instead of the official 64e-5: relative RMS 0.12, 30x the bound, on this
+    checkpoint (from 8e-4 to 0.19 over the parity checkpoints: 12 of 15
+    caught)."""
+    from rwkv_cpp.convert import convert_file
+
+    name = "v6.0-small"
+    path = tmp_path / "eps.gguf"
+    convert_file(str(wkv_zoo.pth(name)), str(path), out_type="FP16", ln_x_eps=1e-5)
+    ours = run_ours(path, wkv_zoo.tokens(name))
+    with pytest.raises(AssertionError):
+        assert_rel_rms_within_bound(ours.logits, wkv_zoo.official(name).logits, "FP16")
+
+
+def wrong_format_file(wkv_zoo, file_type, tmp_path):
+    """A file of FAULT_SPEC whose matrices are not what ``file_type`` stores
+    (relative RMS error of its logits measured over the parity checkpoints):
+    FP16: the head left at Q8_0 precision: 5.3e-3 - 5.5e-3, 1.33 - 1.39x the bound;
+    Q8_0: a Q5_0 file where Q8_0 was asked for: 0.11 - 0.18, 1.24 - 2x;
+    Q5_1: every block's minimum zeroed (what a reader ignoring it sees): 1.2 - 1.3, 3x."""
+    if file_type == "Q8_0":
+        return stored_file(wkv_zoo, FAULT_SPEC, "Q5_0")
+    path = stored_file(wkv_zoo, FAULT_SPEC, file_type)
+    if file_type == "FP16":
+        return file_faults.damaged_copy(path, tmp_path / "damaged.gguf", ["head.weight"],
+                                        file_faults.fp16_at_q8_0_precision)
+    matrices = [n for n, info in read_gguf(str(path)).tensors.items() if info.type.name == "Q5_1"]
+    return file_faults.damaged_copy(path, tmp_path / "damaged.gguf", matrices, file_faults.drop_q5_1_minimum)
+
+
+@pytest.mark.parametrize("file_type", ["FP16", "Q8_0", "Q5_1"])
+def test_rel_rms_bound_catches_a_wrong_format(wkv_zoo, tmp_path, file_type):
+    ours = run_ours(wrong_format_file(wkv_zoo, file_type, tmp_path), wkv_zoo.tokens(FAULT_SPEC))
+    with pytest.raises(AssertionError):
+        assert_rel_rms_within_bound(ours.logits, wkv_zoo.official(FAULT_SPEC).logits, file_type)
 
 
 # ---------------------------------------------------------------------------
