@@ -202,8 +202,13 @@ def run_py(name: str, h: PyHarness, args, work: Path) -> Result:
     (folder / "corpus").mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", h.module, "--seconds", str(args.seconds), "--corpus", str(folder / "corpus"),
            "--artifacts", str(folder)]
-    r = subprocess.run(cmd, cwd=ROOT)
-    return Result(name, r.returncode == 0, seconds=time.monotonic() - t0,
+    r = subprocess.run(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    sys.stderr.write(r.stderr)
+    # the harness's last line: "#<executions> DONE <engine> engine: ..."
+    done = re.findall(r"^#(\d+) DONE", r.stderr, flags=re.M)
+    corpus = len(list((folder / "corpus").iterdir()))
+    return Result(name, r.returncode == 0, executions=int(done[-1]) if done else 0,
+                  seconds=time.monotonic() - t0, corpus=corpus,
                   note="" if r.returncode == 0 else f"exited with {r.returncode}")
 
 
