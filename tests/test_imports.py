@@ -9,7 +9,11 @@ are those of the installed layout (pyproject.toml): ``python/rwkv_cpp`` is
 """
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,7 +120,7 @@ def test_graph_is_read():
     graph = import_graph()
     assert "rwkv_cpp._lib" in graph["rwkv_cpp._model"]
     assert "rwkv_cpp.convert.legacy_bin" in graph["rwkv_cpp.legacy"]  # into the subpackage
-    assert "rwkv_cpp.generate" in graph["rwkv_cpp.model"]
+    assert "rwkv_cpp.generation" in graph["rwkv_cpp.model"]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c", "a"]]
 
 
@@ -151,3 +155,14 @@ def test_convert_imports_at_module_top():
                 hidden += ["%s:%d" % (path.name, n.lineno) for n in ast.walk(node)
                            if isinstance(n, (ast.Import, ast.ImportFrom))]
     assert not hidden, "imports inside functions: " + ", ".join(hidden)
+
+
+@pytest.mark.parametrize("program", ["generate", "chat", "perplexity", "compare", "embed_stats", "quantize",
+                                     "convert", "convert.random_model"])
+def test_program_not_imported_by_the_package(program):
+    """``import rwkv_cpp`` imports no program module, so ``python -m
+    rwkv_cpp.X`` runs it once (no runpy RuntimeWarning)."""
+    res = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "rwkv_cpp." + program, "--help"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "RuntimeWarning" not in res.stderr

@@ -24,7 +24,7 @@ from ._cli import (add_model_arguments, add_sampling_arguments, resolve_model_pa
                    use_replacing_stdout)
 from ._model import Model
 from .errors import RWKVError
-from .generate import STOP_STRING, generate
+from .generation import STOP_STRING, generate
 from .state_file import StateFileError
 
 HELP = """commands:

@@ -9,23 +9,23 @@ Layers, each importing only those below it::
     _model                    Model (struct rwkv_model) and Context
                               (struct rwkv_context), one class per C object
     sidecar, tokenizers, sampling, _scoring
-    _cli                      what the command-line programs share
-    state_file, embedding, generate
+    state_file, embedding, generation
                               functions taking a Model or a Context
     model                     this module: Model with generate, save_state,
                               load_state, embed and embed_many methods
+    _cli                      what the command-line programs share
     chat, perplexity, ...     command-line programs
 
 The methods below only forward to those functions, so they add no state and
 no thread-safety rule of their own: a ``Model`` is shared by threads; on
 several threads at once, give each its own ``model.context()`` and call the
-functions (``rwkv_cpp.generate.generate(ctx, ...)``,
+functions (``rwkv_cpp.generation.generate(ctx, ...)``,
 ``rwkv_cpp.embedding.embed(ctx, ...)``) with it.
 """
 
 from . import _model, embedding, state_file
 from ._model import Context, packed_kernels_available, packed_kernels_name
-from .generate import generate as _generate
+from .generation import generate as _generate
 
 __all__ = ["Model", "Context", "packed_kernels_available", "packed_kernels_name"]
 
@@ -37,7 +37,7 @@ class Model(_model.Model):
                  stop_at_eos=True):
         """Generates text after ``prompt`` on the default context; returns a
         ``Generation``, an iterator of text pieces as they become valid UTF-8.
-        See ``rwkv_cpp.generate.generate``."""
+        See ``rwkv_cpp.generation.generate``."""
         self._check_open()
         return _generate(self, prompt, max_tokens, sampling, state, tokenizer, logits=logits,
                          stop_at_eos=stop_at_eos)
