@@ -136,6 +136,40 @@ def _eval_sequence(ctx, model, tokens, state, out_logits, out_state, logits, all
     return out_logits, out_state
 
 
+def _batch_states(states, n_seq, state_len):
+    """``states`` of ``eval_batch`` as a list of ``n_seq`` items, each a
+    float32 array of ``state_len`` or None (the initial state)."""
+    if states is None:
+        return [None] * n_seq
+    if isinstance(states, np.ndarray) and states.ndim == 2:
+        if states.shape != (n_seq, state_len):
+            raise _invalid("states has shape %s, the batch needs (%d, %d)" % (states.shape, n_seq, state_len))
+        return [_check_f32_buffer(np.ascontiguousarray(row), state_len, "states[%d]" % i)
+                for i, row in enumerate(states)]
+    states = list(states)
+    if len(states) != n_seq:
+        raise _invalid("states has %d items for %d sequences" % (len(states), n_seq))
+    return [None if s is None else _check_f32_buffer(s, state_len, "states[%d]" % i) for i, s in enumerate(states)]
+
+
+def _eval_batch(ctx, model, sequences, states):
+    """Reference batch evaluation: each sequence alone, in order.  Every
+    input is checked before the first evaluation, so a bad item leaves
+    nothing half done."""
+    sequences = [_as_tokens(seq) for seq in sequences]
+    if not sequences:
+        raise _invalid("no sequences given")
+    states = _batch_states(states, len(sequences), model.state_len)
+    logits = np.empty((len(sequences), model.n_vocab), dtype=np.float32)
+    out_states = np.empty((len(sequences), model.state_len), dtype=np.float32)
+    for i, (toks, state) in enumerate(zip(sequences, states)):
+        if toks.max() >= model.n_vocab:
+            raise _invalid("sequence %d: token id %d >= n_vocab %d" % (i, toks.max(), model.n_vocab))
+    for i, (toks, state) in enumerate(zip(sequences, states)):
+        _eval_sequence(ctx, model, toks, state, logits[i], out_states[i], True, False)
+    return logits, out_states
+
+
 # Model(packed_isa=...): the values of enum rwkv_packed_isa.
 _PACKED_ISA = {"auto": lib.RWKV_PACKED_ISA_AUTO, "avx512": lib.RWKV_PACKED_ISA_AVX512_VNNI,
                "avx2": lib.RWKV_PACKED_ISA_AVX2, "none": lib.RWKV_PACKED_ISA_NONE}
@@ -326,6 +360,15 @@ class Model:
                                   all_logits)
 
 
+    def eval_batch(self, sequences, states=None):
+        """Evaluates several independent sequences on the default context
+        (see ``Context.eval_batch``)."""
+        with self._lock:
+            if self._default_ctx == ffi.NULL:
+                raise _invalid("the model is closed")
+            return _eval_batch(self._default_ctx, self, sequences, states)
+
+
 def _from_model(name):
     return property(lambda self: getattr(self.model, name), doc="The model's ``%s``." % name)
 
@@ -423,6 +466,27 @@ class Context:
             if self._ctx == ffi.NULL:
                 raise _invalid("the context is closed")
             return _eval_sequence(self._ctx, self.model, tokens, state, out_logits, out_state, logits, all_logits)
+        finally:
+            self._busy.release()
+
+    def eval_batch(self, sequences, states=None):
+        """Evaluates ``n_seq`` independent sequences, each from its own state.
+
+        ``sequences`` is a list of token lists (each of length >= 1: one
+        token to decode, many for a prompt); ``states`` is None (every
+        sequence from the initial state), a list of float32 arrays or None
+        items, or an ``(n_seq, state_len)`` float32 array.  Returns
+        ``(logits, states)``: float32 arrays of shape ``(n_seq, n_vocab)``
+        (each sequence's last-token logits) and ``(n_seq, state_len)``.
+        The given states are not modified.
+        """
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError("this Context is evaluating on another thread; a context is for one thread "
+                               "at a time: give each thread its own (model.context())")
+        try:
+            if self._ctx == ffi.NULL:
+                raise _invalid("the context is closed")
+            return _eval_batch(self._ctx, self.model, sequences, states)
         finally:
             self._busy.release()
 
