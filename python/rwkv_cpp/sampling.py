@@ -203,6 +203,11 @@ class Sampler:
     def is_stop(self, token):
         return token in self._stop
 
+    @property
+    def bans_everything(self):
+        """True when no token can ever be drawn (every id is banned)."""
+        return bool(self._banned.all())
+
     def penalised(self, logits):
         """A float64 copy of ``logits`` with bans and penalties applied."""
         p = self.params
