@@ -321,3 +321,58 @@ def test_demo_model_texts(tmp_path):
         sampling = [SamplingParams(seed=s, stop=["\n\n"] if s % 2 else ()) for s in range(4)]
         expected = [model.generate(p, 24, s).read() for p, s in zip(prompts, sampling)]
         assert model.generate_many(prompts, 24, sampling, max_batch=3) == expected
+
+
+def test_a_failed_evaluation_leaves_the_jobs_as_they_were(byte_model):
+    """A step whose eval_batch raises changes no job; the next step goes on."""
+
+    class FailOnce(Spy):
+        fail = False
+
+        def eval_batch(self, sequences, states=None):
+            if self.fail:
+                self.fail = False
+                raise rwkv_cpp.ComputeError(0, "injected")
+            return super().eval_batch(sequences, states)
+
+    model = FailOnce(byte_model)
+    scheduler = batching.Scheduler(model, max_batch=2)
+    jobs = [scheduler.submit(p, max_tokens=9, sampling=SamplingParams(seed=i)) for i, p in enumerate(("ab", "cde"))]
+    scheduler.step()
+    model.fail = True
+    with pytest.raises(rwkv_cpp.ComputeError, match="injected"):
+        scheduler.step()
+    while scheduler.has_work:
+        scheduler.step()
+    for i, (job, p) in enumerate(zip(jobs, ("ab", "cde"))):
+        assert job.text == generate(byte_model, p, 9, SamplingParams(seed=i)).read()
+
+
+def test_one_step_at_a_time_while_other_threads_submit(byte_model):
+    import threading
+
+    class Blocking(Spy):
+        def __init__(self, model):
+            super().__init__(model)
+            self.inside, self.go_on = threading.Event(), threading.Event()
+
+        def eval_batch(self, sequences, states=None):
+            self.inside.set()
+            self.go_on.wait(30)
+            return super().eval_batch(sequences, states)
+
+    model = Blocking(byte_model)
+    scheduler = batching.Scheduler(model)
+    first = scheduler.submit("ab", max_tokens=3, sampling=GREEDY)
+    worker = threading.Thread(target=scheduler.step)
+    worker.start()
+    assert model.inside.wait(30)
+    with pytest.raises(RuntimeError, match="one step at a time"):
+        scheduler.step()
+    second = scheduler.submit("cd", max_tokens=3, sampling=GREEDY)  # from this thread, mid-step
+    scheduler.cancel(first)
+    model.go_on.set()
+    worker.join(30)
+    assert scheduler.waiting == [second] and first.n_generated == 1
+    scheduler.step()
+    assert first.finish_reason == "cancelled" and scheduler.active == [second]
