@@ -6,6 +6,10 @@ state=g.state)`` (or, with no new text, ``generate(model, "",
 state=g.state, logits=g.logits)``) continues it.  ``model`` is a ``Model``
 or a ``Context`` (for generating on several threads at once, one context
 each).  The command line is ``python -m rwkv_cpp.generate`` (generate.py).
+
+``Output`` holds the rules of one generated sequence (penalties, stop
+tokens, stop strings, UTF-8 pieces); ``Generation`` drives one with the
+model, and ``rwkv_cpp.batching.Scheduler`` drives many in one batch.
 """
 
 import numpy as np
