@@ -313,9 +313,10 @@ def make_state_dict(version: str, n_vocab: int, n_embed: int, n_layer: int, head
     raise ValueError(f"unknown RWKV version {version!r}")
 
 
-def save_safetensors(path: str, sd: Dict[str, np.ndarray], dtype: str = "F32") -> None:
+def save_safetensors(path: str, sd: Dict[str, np.ndarray], dtype: str = "F32", progress=None) -> None:
     """Save a state dict as safetensors in ``'F32'`` or ``'BF16'`` (rounded
-    to nearest even, as ``tensor.to(torch.bfloat16)``)."""
+    to nearest even, as ``tensor.to(torch.bfloat16)``), atomically;
+    ``progress(done_bytes, total_bytes, name)`` after each tensor."""
     if dtype not in ("F32", "BF16", "F16"):
         raise ValueError(f"dtype must be F32, F16 or BF16, got {dtype!r}")
-    write_safetensors(path, sd, dtype=dtype)
+    write_safetensors(path, sd, dtype=dtype, progress=progress)

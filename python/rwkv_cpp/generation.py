@@ -8,6 +8,10 @@ or a ``Context`` (for generating on several threads at once, one context
 each).  The command line is ``python -m rwkv_cpp.generate`` (generate.py).
 """
 
+import dataclasses
+import itertools
+import time
+
 import numpy as np
 
 from . import tokenizers
@@ -24,25 +28,36 @@ class Generation:
 
     Attributes (updated as it runs):
         tokens: ids generated so far (stop tokens excluded).
-        text: the text yielded so far.
+        text: the whole generated text: reading it runs the generation to
+            its end (``text_so_far`` does not).
+        text_so_far: the text yielded so far.
         state, logits: the model's state and next-token logits after the
-            prompt and every generated token.
+            prompt and every generated token (always a matching pair: an
+            exception or a stop between two tokens leaves those of the last
+            complete token).
         stop_reason: None while running, then STOP_MAX_TOKENS, STOP_TOKEN
             or STOP_STRING.
+        prompt_tokens: the prompt's ids; prompt_seconds: the time its
+            prefill took; generate_seconds: the time spent sampling and
+            evaluating generated tokens (not the caller's time between
+            pieces).
     """
 
     def __init__(self, model, prompt, max_tokens, sampling, state, logits, tokenizer, stop_at_eos):
-        if max_tokens < 0:
+        if max_tokens is not None and max_tokens < 0:
             raise ValueError("max_tokens must be >= 0, got %d" % max_tokens)
         self.model = model
         self.tokenizer = tokenizers.for_model(model, tokenizer)
         self.sampling = sampling if sampling is not None else SamplingParams()
-        self.max_tokens = int(max_tokens)
+        self.max_tokens = None if max_tokens is None else int(max_tokens)
         self.tokens = []
-        self.text = ""
+        self.text_so_far = ""
         self.stop_reason = None
+        self.generate_seconds = 0.0
         self.prompt_tokens = self.tokenizer.encode(prompt)
+        start = time.perf_counter()
         self.state, self.logits = self._prefill(state, logits)
+        self.prompt_seconds = time.perf_counter() - start
         self._sampler = Sampler(self.sampling, model.n_vocab, banned_from=self.tokenizer.n_vocab)
         self._stop_ids = set(self.sampling.token_stop)
         if stop_at_eos and self.tokenizer.eos_id is not None:
@@ -59,7 +74,12 @@ class Generation:
         """Runs to the end; returns the whole generated text."""
         for _ in self:
             pass
-        return self.text
+        return self.text_so_far
+
+    @property
+    def text(self):
+        """The whole generated text (runs the generation to its end first)."""
+        return self.read()
 
     def _prefill(self, state, logits):
         if self.prompt_tokens:
@@ -74,15 +94,17 @@ class Generation:
     def _run(self):
         decoder = self.tokenizer.decoder()
         stops = _StopMatcher(self.sampling.stop)
-        for _ in range(self.max_tokens):
+        for _ in itertools.count() if self.max_tokens is None else range(self.max_tokens):
+            start = time.perf_counter()
             token = self._sampler.sample(self.logits)
             if token in self._stop_ids:
                 self.stop_reason = STOP_TOKEN
                 break
             self._feed(token)
             piece, stopped = stops.push(decoder.feed(token))
+            self.generate_seconds += time.perf_counter() - start
             if piece:
-                self.text += piece
+                self.text_so_far += piece
                 yield piece
             if stopped:
                 self.stop_reason = STOP_STRING
@@ -91,15 +113,17 @@ class Generation:
             self.stop_reason = STOP_MAX_TOKENS
         rest = stops.finish(decoder.flush())
         if rest:
-            self.text += rest
+            self.text_so_far += rest
             yield rest
 
     def _feed(self, token):
-        """Accepts ``token``: penalties, then the model's next state and logits."""
-        self.tokens.append(token)
-        self._sampler.accept(token, self.tokenizer.decode([token]))
+        """Accepts ``token``: the model's next state and logits, then the
+        penalties and the record, so that an exception inside the
+        evaluation (Ctrl-C) leaves tokens, state and logits matching."""
         logits, state = self.model.eval(token, self.state)
         self.state, self.logits = state, logits
+        self.tokens.append(token)
+        self._sampler.accept(token, self.tokenizer.decode([token]))
 
 
 class _StopMatcher:
@@ -146,19 +170,42 @@ def _check_prompt_ids(ids, model, tokenizer):
                          % (tokenizer.name, too_big, model.n_vocab))
 
 
+#: the settings ``generate`` takes as keywords, overriding those of ``sampling``
+SAMPLING_KEYWORDS = ("temperature", "top_p", "top_k", "stop", "seed")
+
+
+def sampling_with(sampling=None, **settings):
+    """``sampling`` (default ``SamplingParams()``) with the given settings
+    (``temperature``, ``top_p``, ``top_k``, ``stop``, ``seed``; None leaves
+    one as it is) replaced; a ``stop`` string counts as one stop string."""
+    unknown = sorted(set(settings) - set(SAMPLING_KEYWORDS))
+    if unknown:
+        raise TypeError("unknown sampling setting(s): %s" % ", ".join(unknown))
+    changes = {k: v for k, v in settings.items() if v is not None}
+    if isinstance(changes.get("stop"), str):
+        changes["stop"] = (changes["stop"],)
+    elif "stop" in changes:
+        changes["stop"] = tuple(changes["stop"])
+    base = sampling if sampling is not None else SamplingParams()
+    return dataclasses.replace(base, **changes) if changes else base
+
+
 def generate(model, prompt, max_tokens=200, sampling=None, state=None, tokenizer=None, *, logits=None,
-             stop_at_eos=True):
+             stop_at_eos=True, temperature=None, top_p=None, top_k=None, stop=None, seed=None):
     """Generates text after ``prompt`` with ``model`` (a ``Model`` or a
     ``Context``); returns a ``Generation``, an iterator of text pieces as
-    they become valid UTF-8.
+    they become valid UTF-8 (its ``text`` runs it to the end).
 
     The prompt is prefilled with ``eval_sequence`` (from ``state``, or the
     initial state).  ``sampling``: a ``rwkv_cpp.sampling.SamplingParams``
-    (default: the official PIPELINE_ARGS defaults).  ``tokenizer``: a name
+    (default: the official PIPELINE_ARGS defaults); ``temperature``,
+    ``top_p``, ``top_k``, ``stop`` (a string or strings) and ``seed``, when
+    given, override its fields.  ``tokenizer``: a name
     or ``Tokenizer`` overriding the model's.  Generation ends after
-    ``max_tokens``, at a stop token (and the tokenizer's end of text unless
+    ``max_tokens`` (None: no limit), at a stop token (and the tokenizer's end of text unless
     ``stop_at_eos=False``) or a stop string.  The generation's ``state`` and
     ``logits`` continue it: ``generate(model, "", state=g.state,
     logits=g.logits)``; an empty prompt needs both.
     """
+    sampling = sampling_with(sampling, temperature=temperature, top_p=top_p, top_k=top_k, stop=stop, seed=seed)
     return Generation(model, prompt, max_tokens, sampling, state, logits, tokenizer, stop_at_eos)
