@@ -16,6 +16,7 @@ import functools
 import os
 import resource
 import signal
+import struct
 import sys
 import time
 
@@ -25,6 +26,8 @@ from . import tokenizers
 from ._defaults import default_model_path
 from .convert.errors import OutputPathError  # noqa: F401 (re-exported for the programs)
 from .convert.paths import EXIT_INTERRUPTED, check_output_folder, check_output_path  # noqa: F401
+from .convert.formats import LEGACY_MAGIC
+from .convert.gguf_constants import GGUF_MAGIC
 from .convert.version import __version__, version_line
 from .sampling import SamplingParams
 
@@ -116,14 +119,26 @@ def resolve_model_path(args):
     return path
 
 
+def is_model_file(path):
+    """Whether ``path`` starts like a model file (GGUF or rwkv.cpp .bin);
+    False when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return len(head) == 4 and (head == GGUF_MAGIC or struct.unpack("<I", head)[0] == LEGACY_MAGIC)
+
+
 def split_model_positional(model_option, positionals, n_rest):
     """``(model path or None, other positionals)`` for the programs whose
     first positional argument is an optional model (``perplexity [MODEL]
     FILE``): ``-m/--model`` when given, else the first positional when
-    there are more than ``n_rest``, else None (the default model)."""
+    there are more than ``n_rest`` or when it is a model file (read from
+    its first bytes), else None (the default model)."""
     if model_option is not None:
         return model_option, list(positionals)
-    if len(positionals) > n_rest:
+    if len(positionals) > n_rest or (positionals and is_model_file(positionals[0])):
         return positionals[0], list(positionals[1:])
     return None, list(positionals)
 
@@ -249,9 +264,10 @@ def banner(prog, model, load_seconds, tokenizer=None):
     version, type and shape, kernels, threads, load time, memory."""
     rss, _ = memory_mib()
     tok = ", tokenizer %s" % tokenizer.name if tokenizer is not None else ""
+    threads = model.n_threads or os.cpu_count()  # 0: the library's default, every online CPU
     return ("%s %s: %s (RWKV-%s %s, %d layers x %d%s), kernels %s, %d threads, loaded in %.2f s, RSS %.1f MiB"
             % (prog, __version__, os.path.basename(model.path), model.version, model.type, model.n_layer,
-               model.n_embed, tok, model.packed_kernels_name or "ggml", model.n_threads, load_seconds, rss))
+               model.n_embed, tok, model.packed_kernels_name or "ggml", threads, load_seconds, rss))
 
 
 def _rate(n, seconds):
@@ -273,20 +289,30 @@ def timings(generation):
 class Progress:
     """Progress on stderr through tqdm: a bar on a terminal, an update at
     most every 10 s otherwise (so logs stay readable).  ``update`` is a
-    ``progress(fraction)`` callback of the library's functions."""
+    ``progress(fraction)`` callback of the library's functions.  The bar
+    appears at the first update, so an error found before the work starts
+    is printed alone."""
 
     def __init__(self, label, stream=None, enabled=True):
-        stream = stream or sys.stderr
-        tty = hasattr(stream, "isatty") and stream.isatty()
-        self._bar = tqdm(total=100, desc=label, file=stream, disable=not enabled, leave=True,
-                         mininterval=0.1 if tty else 10.0,
-                         bar_format="{desc} {bar:30} {percentage:3.0f}% {elapsed}{postfix}")
+        self._label = label
+        self._stream = stream or sys.stderr
+        self._enabled = enabled
+        self._bar = None
+
+    def _open(self):
+        tty = hasattr(self._stream, "isatty") and self._stream.isatty()
+        return tqdm(total=100, desc=self._label, file=self._stream, disable=not self._enabled, leave=True,
+                    mininterval=0.1 if tty else 10.0,
+                    bar_format="{desc} {bar:30} {percentage:3.0f}% {elapsed}{postfix}")
 
     def update(self, fraction, extra=""):
+        if self._bar is None:
+            self._bar = self._open()
         fraction = min(max(float(fraction), 0.0), 1.0)
         if extra:
             self._bar.set_postfix_str(extra, refresh=False)
         self._bar.update(100 * fraction - self._bar.n)
 
     def close(self):
-        self._bar.close()
+        if self._bar is not None:
+            self._bar.close()
