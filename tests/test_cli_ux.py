@@ -13,6 +13,7 @@ and the bundled demo model.
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 
@@ -328,3 +329,15 @@ def test_argparse_errors_stay_usage_errors():
         generate.parse_args([])
     assert exit_.value.code == 2
     assert isinstance(generate.parse_args(["x"]), argparse.Namespace)
+
+
+def test_one_version_everywhere():
+    """``rwkv_cpp.__version__``, ``--version`` and the wheel's version in
+    pyproject.toml (when it is written there) are one value."""
+    from rwkv_cpp.convert.version import __version__
+    assert rwkv_cpp.__version__ == __version__
+    pyproject = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyproject.toml")
+    with open(pyproject, encoding="utf-8") as f:
+        project = f.read().split("[project]", 1)[1].split("\n[", 1)[0]  # the [project] table
+    written = re.search(r'^version\s*=\s*"([^"]+)"', project, re.M)
+    assert written is None or written.group(1) == __version__

@@ -254,3 +254,18 @@ def test_interrupted_reply_keeps_the_state_of_its_last_token(byte_model, tmp_pat
     flag.n = -1
     session.handle("Again")
     assert out[-1] == "\n" and session.replies == 2
+
+
+def test_plus_is_another_reply(byte_model, tmp_path):
+    """``+`` (ChatRWKV's spelling) retries the last reply, as ``++`` does."""
+    tok = tokenizers.get("bytes")
+    sampling = SamplingParams(temperature=0, alpha_presence=0, alpha_frequency=0)
+    replies = {}
+    for retry in ("+", "++"):
+        out = []
+        session = ChatSession(byte_model, tok, Persona(), sampling, 12, str(tmp_path), out.append, out.append)
+        session.handle("Hello")
+        session.handle(retry)
+        replies[retry] = out
+        assert session.replies == 2 and "unknown command" not in "".join(out)
+    assert replies["+"] == replies["++"]

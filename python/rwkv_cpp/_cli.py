@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import functools
 import os
-import resource
 import signal
 import struct
 import sys
@@ -247,6 +246,10 @@ def memory_mib():
         pass
     if len(found) == 2:
         return found["VmRSS"], found["VmHWM"]
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        return 0.0, 0.0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     peak = peak / (1 << 20) if sys.platform == "darwin" else peak / 1024  # bytes vs KiB
     return peak, peak
