@@ -23,8 +23,8 @@ import sys
 import numpy as np
 
 from . import state_file, tokenizers
-from ._cli import (InterruptFlag, add_ctx_size_argument, cancellable, add_max_tokens_argument,
-                   add_model_arguments, add_sampling_arguments, banner, check_output_folder, memory_mib,
+from ._cli import (InterruptFlag, add_ctx_size_argument, add_max_tokens_argument, add_model_arguments,
+                   add_sampling_arguments, banner, cancellable, check_output_folder, memory_mib,
                    note_ctx_size, open_model, read_text, resolve_model_path, sampling_from_args, timings,
                    use_replacing_stdout)
 from ._model import Model

@@ -10,8 +10,8 @@ import argparse
 import os
 import sys
 
-from ._cli import (Progress, add_quiet_argument, add_threads_argument, add_version_argument, cancellable,
-                   OutputPathError, check_output_path, report_error)
+from ._cli import (OutputPathError, Progress, add_quiet_argument, add_threads_argument, add_version_argument,
+                   cancellable, check_output_path, report_error)
 from ._lib import ffi, lib
 from .errors import InvalidArgumentError, ModelIOError, RWKVError, error_for
 from .legacy import as_gguf
