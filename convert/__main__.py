@@ -50,8 +50,9 @@ class ProgressPrinter:
     otherwise an update at most every 10 s, and only for outputs of at
     least PROGRESS_MIN_BYTES."""
 
-    def __init__(self, stream: TextIO):
+    def __init__(self, stream: TextIO, label: str = "converting"):
         self.stream = stream
+        self.label = label
         self.tty = bool(getattr(stream, "isatty", lambda: False)())
         self.bar: Optional[tqdm] = None
 
@@ -59,7 +60,7 @@ class ProgressPrinter:
         if total <= 0 or (not self.tty and total < PROGRESS_MIN_BYTES):
             return
         if self.bar is None:
-            self.bar = tqdm(total=total, desc="converting", unit="B", unit_scale=True, unit_divisor=1024,
+            self.bar = tqdm(total=total, desc=self.label, unit="B", unit_scale=True, unit_divisor=1024,
                             file=self.stream, mininterval=0.1 if self.tty else 10.0)
         self.bar.set_postfix_str(name[:40], refresh=False)
         self.bar.update(done - self.bar.n)

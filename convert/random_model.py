@@ -16,6 +16,8 @@ import argparse
 import sys
 import time
 
+from tqdm import tqdm
+
 from .__main__ import ProgressPrinter
 from .errors import ConvertError
 from .paths import EXIT_INTERRUPTED, check_output_path
@@ -23,6 +25,14 @@ from .random_weights import (make_rwkv4_state_dict, make_rwkv5_state_dict,  # no
                              make_rwkv6_state_dict, make_rwkv7_state_dict, make_state_dict,
                              save_safetensors)
 from .version import version_line
+
+
+def _layer_bar(n_layer: int, quiet: bool) -> tqdm:
+    """A progress bar of the layers generated (on stderr: a bar on a
+    terminal, otherwise a line at most every 10 s)."""
+    tty = sys.stderr.isatty()
+    return tqdm(total=n_layer, desc="generating", unit="layer", file=sys.stderr, disable=quiet,
+                mininterval=0.1 if tty else 10.0)
 
 
 def main(argv=None) -> int:
@@ -48,14 +58,16 @@ def main(argv=None) -> int:
     try:
         check_output_path(args.out)
         start = time.perf_counter()
-        say("generating random RWKV-%s weights (%d layers, %d wide, vocabulary %d)..."
+        say("generating random RWKV-%s weights (%d layers, %d wide, vocabulary %d)"
             % (args.rwkv_version, args.layer, args.embed, args.vocab))
-        sd = make_state_dict(args.rwkv_version, args.vocab, args.embed, args.layer, args.head_size, args.ffn,
-                             args.seed)
+        with _layer_bar(args.layer, args.quiet) as bar:
+            sd = make_state_dict(args.rwkv_version, args.vocab, args.embed, args.layer, args.head_size, args.ffn,
+                                 args.seed, progress=lambda fraction: bar.update(round(fraction * args.layer) - bar.n))
         n_params = sum(a.size for a in sd.values())
         say("generated %d tensors, %.1f M parameters in %.1f s; writing %s"
             % (len(sd), n_params / 1e6, time.perf_counter() - start, args.out))
-        save_safetensors(args.out, sd, args.dtype, progress=None if args.quiet else ProgressPrinter(sys.stderr))
+        writing = None if args.quiet else ProgressPrinter(sys.stderr, "writing")
+        save_safetensors(args.out, sd, args.dtype, progress=writing)
     except (ConvertError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -122,7 +122,8 @@ def test_generate_banner_and_timings_on_stderr(models, tmp_path):
                        "--presence-penalty", 0, "--frequency-penalty", 0, "--ignore-eos", cwd=tmp_path)
     assert rc == 0, err
     banner, timing = err.splitlines()
-    assert banner.startswith("rwkv_cpp generate %s: m.gguf (RWKV-4 FP32, 2 layers x 32), kernels " % rwkv_cpp.__version__)
+    assert banner.startswith("rwkv_cpp generate %s: m.gguf (RWKV-4 FP32, 2 layers x 32), kernels "
+                             % rwkv_cpp.__version__)
     assert ", 1 threads, loaded in " in banner and banner.endswith(" MiB")
     assert timing.startswith("prompt: 5 tokens in ") and "| generated: 7 tokens in " in timing
     assert "tokens/s" in timing and "RSS" in timing and "peak" in timing
@@ -178,7 +179,8 @@ def test_perplexity_arguments(models, tmp_path):
 def test_text_files_not_utf8_are_named(models, tmp_path):
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("caf\xe9 au lait".encode("latin-1"))
-    for args in (("perplexity", models / "m.gguf", bad), ("compare", models / "m.gguf", models / "m.gguf", "--text", bad),
+    for args in (("perplexity", models / "m.gguf", bad),
+                 ("compare", models / "m.gguf", models / "m.gguf", "--text", bad),
                  ("embed_stats", models / "m.gguf", bad, "-o", tmp_path / "s.stats")):
         rc, _, err = run(*args, cwd=tmp_path)
         assert rc == 1 and "%s is not UTF-8 text: byte 0xe9 at offset 3" % bad in err, (args, err)
@@ -322,6 +324,17 @@ def test_random_model_progress_and_atomic_write(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "generating random RWKV-5.2 weights" in err and "wrote %s" % (tmp_path / "r.safetensors") in err
     assert os.listdir(tmp_path) == ["r.safetensors"]
+
+
+@pytest.mark.parametrize("version", ["4", "5.2", "6.0", "7.0"])
+def test_random_weights_report_each_layer(version):
+    from rwkv_cpp.convert import make_state_dict
+    seen = []
+    with_progress = make_state_dict(version, 64, 64, 3, 32, seed=4, progress=seen.append)
+    assert seen == [1 / 3, 2 / 3, 1.0]
+    plain = make_state_dict(version, 64, 64, 3, 32, seed=4)
+    assert list(plain) == list(with_progress)
+    assert all(np.array_equal(plain[k], with_progress[k]) and plain[k].dtype == np.float32 for k in plain)
 
 
 def test_argparse_errors_stay_usage_errors():

@@ -111,7 +111,8 @@ def lambada(model, tokenizer, path, max_passages=None, progress=None):
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="python -m rwkv_cpp.perplexity",
                                  description="Perplexity of an RWKV model on a text file, or LAMBADA accuracy.",
-                                 epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 epilog=__doc__.split("\n\n", 2)[2],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("paths", nargs="*", metavar="[MODEL] FILE",
                     help="model file (GGUF or rwkv.cpp .bin; default: the bundled demo model), then the UTF-8 "
                          "text file to score")
