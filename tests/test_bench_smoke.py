@@ -42,3 +42,13 @@ def test_speed_bench_compares_library_builds(tmp_path):
         assert sum(l.startswith("| smoke | FP16 | ggml | %s | " % build) for l in lines) == 2, lines
     assert any(l.startswith("| model | type | kernels | build | decode ms/token (min-max) | time vs old |")
                for l in lines), lines
+
+
+@pytest.mark.timeout(300)
+def test_batch_bench_smoke(tmp_path):
+    """Every (model, type, batch) row, after the worker's batch-equals-alone check."""
+    lines = run_bench(tmp_path, "bench.bench_batch", "--smoke", "--threads", "1", "--types", "Q5_1", "FP16")
+    for model in ("rwkv4-smoke", "rwkv7-smoke"):
+        for t in ("Q5_1", "FP16"):
+            for b in (1, 2, 4):
+                assert sum(l.startswith("| %s | %s | %d |" % (model, t, b)) for l in lines) == 1, lines
