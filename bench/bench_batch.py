@@ -8,10 +8,9 @@ peak memory, for random-weight RWKV-4 169M and 1.5B and RWKV-7 169M models.
         [--llama-batched-bench BIN --llama-model rwkv7-169m=MODEL.gguf] [--smoke]
 
 Method:
-1. models: RWKV-4 from bench.harness.rwkv4_files (generated once, cached in
-   bench/cache/), RWKV-7 169M (L12 D768 V65536, head size 64) from
-   bench.bench_wkv_decode's cached .pth, converted to FP16 and quantized
-   from its FP32 file;
+1. models: RWKV-4 from bench.harness.rwkv4_files, RWKV-7 169M (L12 D768
+   V65536, head size 64) from rwkv7_files here: random weights (numpy, no
+   torch) generated once, converted, quantized, cached in bench/cache/;
 2. each (model, type) runs in a fresh worker process (bench/worker.py,
    kind ``batch``): first a check that a mixed batch (a prompt, decode
    steps, carried states) gives each sequence the bits of evaluating it
@@ -44,7 +43,6 @@ from typing import Dict, List, Optional
 from . import harness
 from .harness import machine_line, print_table, run_worker, rwkv4_files
 
-#: model name -> (family, harness shape or bench_wkv_decode shape).
 MODELS = ("rwkv4-169m", "rwkv4-1.5b", "rwkv7-169m")
 TYPES = ("Q4_0", "Q5_1", "FP16")
 BATCHES = (1, 2, 4, 8, 16, 32)
@@ -52,24 +50,34 @@ PREFILL = 128
 SMOKE_MODELS = ("rwkv4-smoke", "rwkv7-smoke")
 
 
-def rwkv7_files(shape_name: str, types) -> Dict[str, Path]:
-    """{type: GGUF} of the random RWKV-7 model of bench.bench_wkv_decode
-    (FULL or SMOKE shape): its FP32/FP16 conversions, other types quantized
-    from FP32 (made once, cached)."""
+#: random RWKV-7 shapes: name -> (n_layer, n_embed, n_vocab, head_size).
+RWKV7_SHAPES = {"169m": (12, 768, 65536, 64), "smoke": (2, 64, 256, 16)}
+
+
+def rwkv7_files(name: str, types) -> Dict[str, Path]:
+    """{type: GGUF} of the random RWKV-7 model of shape ``name``
+    (RWKV7_SHAPES; numpy weights, no torch), made once and cached in
+    bench/cache/: FP32 and FP16 converted from the state dict, the other
+    types quantized from FP32."""
+    from rwkv_cpp.convert import convert_state_dict
+    from rwkv_cpp.convert.random_model import make_state_dict
     from rwkv_cpp.quantize import quantize
 
-    from . import bench_wkv_decode as wkv
-
-    shape = wkv.SMOKE if shape_name == "smoke" else wkv.FULL
-    built = wkv.build("7.0", shape)
+    harness.CACHE.mkdir(exist_ok=True)
+    n_layer, n_embed, n_vocab, head_size = RWKV7_SHAPES[name]
+    base = harness.CACHE / ("batch-rwkv7-%s" % name)
     out = {}
-    for t in types:
-        if t not in built:
-            built[t] = Path(str(built["FP32"]).replace("-FP32.gguf", "-%s.gguf" % t))
-            if not built[t].exists():
-                print("quantizing %s ..." % built[t].name, flush=True)
-                quantize(built["FP32"], built[t], t)
-        out[t] = built[t]
+    for t in sorted(types, key=lambda t: t not in ("FP32", "FP16")):
+        path = Path("%s-%s.gguf" % (base, t))
+        if not path.exists() and t in ("FP32", "FP16"):
+            print("generating and converting rwkv7 %s to %s ..." % (name, t), flush=True)
+            sd = make_state_dict("7.0", n_vocab, n_embed, n_layer, head_size, seed=0)
+            convert_state_dict(sd, str(path), t)
+        elif not path.exists():
+            fp32 = rwkv7_files(name, ["FP32"])["FP32"]
+            print("quantizing %s ..." % path.name, flush=True)
+            quantize(fp32, path, t)
+        out[t] = path
     return out
 
 
@@ -147,9 +155,6 @@ def parse_args(argv=None):
         args.models, args.batches, args.decode_steps = list(SMOKE_MODELS), [1, 2, 4], 2
     if args.cache_dir:
         harness.CACHE = Path(args.cache_dir)
-        from . import bench_wkv_decode
-
-        bench_wkv_decode.CACHE = harness.CACHE
     return args
 
 

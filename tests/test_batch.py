@@ -30,7 +30,7 @@ V4 = "v1000_d128_l3"  # widths of multiples of 32: the packed kernels take every
 VERSIONS = ["4", "5.0", "5.1", "5.2", "6.0", "7.0"]
 TYPES = ["FP32", "FP16", "Q8_0", "Q5_0", "Q5_1", "Q4_0", "Q4_1"]
 N_SEQS = [1, 3, 17, 64]
-MAX_LEN = 40  # the longest prompt of a mixed batch
+MAX_LEN = 24  # the longest prompt of a mixed batch
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,8 @@ def mixed_batch(model, n_seq, seed):
 
 
 def alone(ctx, sequences, states):
-    """The reference: each sequence evaluated by itself, in order."""
+    """The reference: each sequence evaluated by itself, in order, on ctx (a
+    Context or a Model)."""
     results = [ctx.eval_sequence(seq, state) for seq, state in zip(sequences, states)]
     return np.stack([r[0] for r in results]), np.stack([r[1] for r in results])
 
@@ -95,16 +96,19 @@ def assert_bit_equal(actual, expected, what):
 @pytest.mark.parametrize("file_type", TYPES)
 @pytest.mark.parametrize("version", VERSIONS)
 def test_batch_equals_alone(model_paths, version, file_type):
+    """Against each sequence alone on the default context (passes of up to
+    128 tokens), batches on it and on one whose passes of 16 tokens split
+    sequences: where a pass cuts a sequence changes none of its bits."""
     with rwkv_cpp.Model(model_paths(version, file_type), n_threads=2) as model:
-        for max_chunk in (0, 16):  # 0: the default (128); 16 splits sequences across passes
-            with model.context(2, max_chunk_tokens=max_chunk) as ctx:
-                for n_seq in N_SEQS:
-                    sequences, states = mixed_batch(model, n_seq, seed=n_seq)
-                    actual = ctx.eval_batch(sequences, states)
-                    assert actual[0].shape == (n_seq, model.n_vocab)
-                    assert actual[1].shape == (n_seq, model.state_len)
-                    assert_bit_equal(actual, alone(ctx, sequences, states),
-                                     f"v{version} {file_type} n_seq={n_seq} max_chunk_tokens={max_chunk}")
+        split = model.context(2, max_chunk_tokens=16)
+        for n_seq in N_SEQS:
+            sequences, states = mixed_batch(model, n_seq, seed=n_seq)
+            expected = alone(model, sequences, states)
+            for ctx, what in ((model, "default"), (split, "max_chunk_tokens=16")):
+                actual = ctx.eval_batch(sequences, states)
+                assert actual[0].shape == (n_seq, model.n_vocab)
+                assert actual[1].shape == (n_seq, model.state_len)
+                assert_bit_equal(actual, expected, f"v{version} {file_type} n_seq={n_seq} {what}")
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -116,6 +120,18 @@ def test_batch_equals_alone_thread_counts(model_paths, version):
         for n_threads in (1, 3):
             with model.context(n_threads) as ctx:
                 assert_bit_equal(ctx.eval_batch(sequences, states), expected, f"{n_threads} threads")
+
+
+@pytest.mark.parametrize("file_type", ["FP16", "Q8_0", "Q4_1"])
+@pytest.mark.parametrize("version", ["4", "7.0"])
+def test_batch_equals_alone_ggml_kernels(model_paths, version, file_type):
+    """The same with ggml's kernels (repack=False): ggml's mul_mat also
+    computes each column alone."""
+    with rwkv_cpp.Model(model_paths(version, file_type), n_threads=2, repack=False) as model:
+        with model.context(2, max_chunk_tokens=16) as ctx:
+            sequences, states = mixed_batch(model, 17, seed=7)
+            assert_bit_equal(ctx.eval_batch(sequences, states), alone(ctx, sequences, states),
+                             f"v{version} {file_type} ggml kernels")
 
 
 def test_batch_states_forms(model_paths):
