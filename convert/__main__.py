@@ -19,8 +19,11 @@ IN may be a PyTorch .pth file written by torch.save (read without torch; the
 pickle is never executed: anything but plain tensors is refused) or a
 .safetensors file, in fp32, fp16 or bf16, with official BlinkDL tensor names
 (emb.weight, blocks.N.att.key.weight, ...) or Hugging Face RWKV-4 names
-(rwkv.blocks.N.attention.key.weight, ...).  The format and the RWKV version
-are recognised from the file's content.
+(rwkv.blocks.N.attention.key.weight, ...).  IN may also be a Hugging Face
+model folder (config.json and one or more .safetensors files) of the RWKV-5
+(Rwkv5ForCausalLM), RWKV-6 (Rwkv6ForCausalLM) or RWKV-7 (RWKV7ForCausalLM,
+flash-linear-attention layout) ports.  The format and the RWKV version are
+recognised from the content.
 
 At conversion the embedding gets blocks.0.ln0 applied (as the official
 package does when loading: rounded to the checkpoint's dtype, except for
@@ -81,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  epilog=EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("input", metavar="IN",
-                    help="input checkpoint (.pth or .safetensors), or an rwkv.cpp .bin model (copied as stored)")
+                    help="input checkpoint (.pth or .safetensors), a Hugging Face model folder, "
+                         "or an rwkv.cpp .bin model (copied as stored)")
     ap.add_argument("output", metavar="OUT", help="output GGUF file")
     ap.add_argument("--type", dest="out_type", default=None, type=str.upper,
                     choices=("FP32", "FP16"),

@@ -7,11 +7,13 @@ a zip archive is a ``torch.save`` checkpoint, an 8-byte length followed by
 
 from __future__ import annotations
 
+import os
 import struct
 
 from .errors import ConvertError
 from .formats import LEGACY_MAGIC, LEGACY_TORCH_MAGIC, ZIP_MAGICS
 from .gguf_constants import GGUF_MAGIC
+from .hf_layout import open_hf_folder
 from .pth import check_not_legacy, open_pth
 from .safetensors import open_safetensors
 from .tensors import Checkpoint
@@ -40,11 +42,14 @@ def sniff_format(path: str) -> str:
 
 
 def open_checkpoint(path: str) -> Checkpoint:
-    """Open a .pth or .safetensors checkpoint; tensors load lazily.
+    """Open a .pth or .safetensors checkpoint, or a Hugging Face model folder
+    (its safetensors files); tensors load lazily.
 
     Use as a context manager (``with open_checkpoint(p) as ckpt: ...``).
     """
     path = str(path)
+    if os.path.isdir(path):
+        return open_hf_folder(path)
     fmt = sniff_format(path)
     if fmt == "rwkv_cpp_bin":
         raise ConvertError(f"{path}: an rwkv.cpp .bin model, not a checkpoint; convert it with "
