@@ -112,7 +112,8 @@ def convert_checkpoint(ckpt: Checkpoint, dst: str, out_type: str = "FP32",
         check_wkv_tensors(shapes, hp)
         plan = plan_wkv(tensors, hp, matrix_type)
         n_att, n_head, head_size = hp.n_embed, hp.n_head, hp.head_size
-    tok = resolve_tokenizer(tokenizer, hp.n_vocab)
+    # a llama.cpp file names its tokenizer (convert/llama_gguf.py)
+    tok = resolve_tokenizer(tokenizer if tokenizer is not None else ckpt.metadata.get("llama_tokenizer"), hp.n_vocab)
 
     def write(f) -> int:
         writer = GGUFWriter(f)
