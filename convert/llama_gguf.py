@@ -40,6 +40,7 @@ from .gguf_reader import PLAIN_TYPES, GGUFContents, read_gguf, read_tensor, type
 from .gguf_writer import GGUFWriter
 from .model import WkvParams
 from .tensors import Checkpoint, SourceTensor, raw_to_f32
+from .transforms import OutTensor, to_matrix_type
 
 #: general.architecture -> RWKV version, for the architectures read here.
 LLAMA_ARCHITECTURES = {"rwkv6": "6.0", "rwkv7": "7.0"}
@@ -331,9 +332,10 @@ def tokenizer_of(metadata: Mapping, world_vocab: Optional[str] = None) -> str:
 
 # -- writing ----------------------------------------------------------------------
 
-def _llama_data(sd: Mapping[str, np.ndarray], rule: Rule, hp: WkvParams) -> np.ndarray:
-    """The llama.cpp tensor of one rule from official float32 arrays."""
-    arrays = [np.asarray(sd[n], dtype=np.float32) for n in rule.official]
+def _llama_data(get, rule: Rule) -> np.ndarray:
+    """The llama.cpp tensor of one rule; ``get(name)`` gives an official
+    tensor as float32."""
+    arrays = [get(n) for n in rule.official]
     a = arrays[0]
     if rule.kind == FUSED:
         return np.stack([x.reshape(-1) for x in arrays]).reshape(len(arrays), 1, 1, -1)
@@ -342,6 +344,19 @@ def _llama_data(sd: Mapping[str, np.ndarray], rule: Rule, hp: WkvParams) -> np.n
     if rule.kind in (VECTOR, HEADS):
         return a.reshape(-1)
     return a
+
+
+def _llama_shape(shapes: Mapping[str, tuple], rule: Rule) -> tuple:
+    """The shape :func:`_llama_data` gives, from the official shapes."""
+    shape = tuple(shapes[rule.official[0]])
+    numel = int(np.prod(shape))
+    if rule.kind == FUSED:
+        return (len(rule.official), 1, 1, numel)
+    if rule.kind in (TRANSPOSE, W2):
+        return shape[:-2] + (shape[-1], shape[-2])
+    if rule.kind in (VECTOR, HEADS):
+        return (numel,)
+    return shape
 
 
 def llama_metadata(hp: WkvParams, file_type: int) -> List[Tuple[str, GGUFValueType, object]]:
@@ -390,36 +405,32 @@ def tokenizer_metadata(world: Sequence[bytes], n_vocab: int) -> List[Tuple[str, 
     return keys
 
 
-def plan_llama(sd: Mapping[str, np.ndarray], hp: WkvParams, matrix_type: GGMLType):
-    """[(llama.cpp name, data, type)] of an official state dict: the
-    matrices (2-D, and v6's 3-D time_maa_w2) in the matrix type, the
-    vectors and the fused mixes F32 (as llama.cpp's converter does)."""
-    out = []
-    for rule in layout_rules(hp.version, hp.n_layer):
-        out.append((rule.llama, _llama_data(sd, rule, hp)))
+def _export_rules(hp: WkvParams) -> List[Rule]:
+    rules = layout_rules(hp.version, hp.n_layer)
     if hp.version == "7.0":
-        for name, src in V7_LAYER0_DUMMIES.items():
-            rule = Rule(name, (src,), VECTOR if src.endswith("0") else TRANSPOSE)
-            out.append((name, _llama_data(sd, rule, hp)))
-    typed = []
-    for name, data in out:
-        t = matrix_type if data.ndim in (2, 3) else GGMLType.F32
-        typed.append((name, data if t == GGMLType.F32 else data.astype(np.float16), t))
-    return typed
+        rules += [Rule(name, (src,), VECTOR if src.endswith("0") else TRANSPOSE)
+                  for name, src in V7_LAYER0_DUMMIES.items()]
+    return rules
 
 
-def write_llama_gguf(writer: GGUFWriter, sd: Mapping[str, np.ndarray], hp: WkvParams, matrix_type: GGMLType,
-                     file_type: int, world: Sequence[bytes]) -> int:
-    """Write a llama.cpp ``rwkv6``/``rwkv7`` GGUF file of an official RWKV-6/7
-    state dict (float32 arrays).  Returns the bytes written."""
+def plan_llama(tensors: Mapping[str, SourceTensor], hp: WkvParams, matrix_type: GGMLType) -> List[OutTensor]:
+    """The tensors of a llama.cpp file of official tensors, produced one at
+    a time: the matrices (2-D, and v6's 3-D time_maa_w2) in the matrix type,
+    the vectors and the fused mixes F32 (as llama.cpp's converter does)."""
     if hp.version not in LAYER_RULES:
         raise ConvertError(f"llama.cpp runs RWKV-6 and RWKV-7 models; this is RWKV-{hp.version}")
+    shapes = {name: t.shape for name, t in tensors.items()}
+    get = lambda name: tensors[name].to_f32()  # noqa: E731
+    plan = []
+    for rule in _export_rules(hp):
+        shape = _llama_shape(shapes, rule)
+        ggml_type = matrix_type if len(shape) in (2, 3) else GGMLType.F32
+        plan.append(OutTensor(rule.llama, shape, ggml_type,
+                              lambda rule=rule, t=ggml_type: to_matrix_type(rule.llama, _llama_data(get, rule), t)))
+    return plan
+
+
+def add_llama_metadata(writer: GGUFWriter, hp: WkvParams, file_type: int, world: Sequence[bytes]) -> None:
+    """The metadata of a llama.cpp ``rwkv6``/``rwkv7`` file (model and tokenizer keys)."""
     for key, vtype, value in llama_metadata(hp, file_type) + tokenizer_metadata(world, hp.n_vocab):
         writer.add(key, vtype, value)
-    plan = plan_llama(sd, hp, matrix_type)
-    for name, data, t in plan:
-        writer.add_tensor_info(name, data.shape, t)
-    writer.write_header()
-    for name, data, _ in plan:
-        writer.write_tensor(name, data)
-    return writer.finish()
