@@ -138,6 +138,9 @@ def read_gguf(path: str) -> GGUFContents:
         if info.name in out.tensors:
             raise ConvertError(f"{path}: duplicate tensor '{info.name}'")
         info.offset += start
+        end = info.offset + (tensor_nbytes(info) if info.ggml_type in PLAIN_TYPES else 0)
+        if end > size:
+            raise ConvertError(f"{path}: tensor '{info.name}' ends at byte {end} of a file of {size} bytes")
         out.tensors[info.name] = info
     return out
 

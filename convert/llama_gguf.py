@@ -161,12 +161,17 @@ def is_llama_gguf(path: str) -> bool:
         return False
 
 
+#: architectures only rwkv_cpp writes: such a file without rwkv.format_version
+#: is a damaged rwkv_cpp file (the runtime reports the missing key).
+RWKV_CPP_ONLY_ARCHITECTURES = ("rwkv4", "rwkv5")
+
+
 def llama_architecture(contents: GGUFContents) -> Optional[str]:
-    """general.architecture of a llama.cpp file (one without our
+    """general.architecture of a file of another program (llama.cpp's: no
     ``rwkv.format_version`` key); None for an rwkv_cpp file."""
-    if "rwkv.format_version" in contents.metadata:
-        return None
     arch = contents.metadata.get("general.architecture")
+    if "rwkv.format_version" in contents.metadata or arch in RWKV_CPP_ONLY_ARCHITECTURES:
+        return None
     return arch if isinstance(arch, str) else "(none)"
 
 

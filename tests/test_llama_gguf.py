@@ -263,3 +263,15 @@ def test_missing_tensor_is_named(tmp_path):
     _llama_file(path, "rwkv6")
     with pytest.raises(ConvertError, match="missing tensor 'token_embd_norm.weight'"):
         convert_file(str(path), str(tmp_path / "o.gguf"))
+
+
+def test_c_loader_names_a_foreign_gguf(tmp_path):
+    """The C API (which does not convert) names the architecture too."""
+    from rwkv_cpp._lib import ffi, lib
+
+    path = tmp_path / "llama.gguf"
+    _llama_file(path, "llama")
+    out, errbuf = ffi.new("struct rwkv_model **"), ffi.new("char[]", 1024)
+    status = lib.rwkv_model_load(str(path).encode(), lib.rwkv_model_default_params(), out, errbuf, 1024)
+    assert status == lib.RWKV_STATUS_ERROR_UNSUPPORTED
+    assert "architecture 'llama'" in ffi.string(errbuf).decode()
