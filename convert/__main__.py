@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import sys
 from typing import Optional, TextIO
 
@@ -10,6 +12,8 @@ from tqdm import tqdm
 
 from .convert import convert_file
 from .errors import ConvertError
+from .hf_layout import WORLD_VOCAB_NAME
+from .llama_export import export_llama_file
 from .paths import EXIT_INTERRUPTED
 from .version import version_line
 
@@ -21,13 +25,22 @@ IN may be a PyTorch .pth file written by torch.save (read without torch; the
 pickle is never executed: anything but plain tensors is refused) or a
 .safetensors file, in fp32, fp16 or bf16, with official BlinkDL tensor names
 (emb.weight, blocks.N.att.key.weight, ...) or Hugging Face RWKV-4 names
-(rwkv.blocks.N.attention.key.weight, ...).  The format and the RWKV version
-are recognised from the file's content.
+(rwkv.blocks.N.attention.key.weight, ...).  IN may also be a Hugging Face
+model folder (config.json and one or more .safetensors files) of the RWKV-5
+(Rwkv5ForCausalLM), RWKV-6 (Rwkv6ForCausalLM) or RWKV-7 (RWKV7ForCausalLM,
+flash-linear-attention layout) ports.  The format and the RWKV version are
+recognised from the content.
 
 At conversion the embedding gets blocks.0.ln0 applied (as the official
 package does when loading: rounded to the checkpoint's dtype, except for
 RWKV-7) and the decays get the official load-time transforms.  Vectors are
 always FP32; --type chooses the storage of the matrices and the embedding.
+
+IN may also be a llama.cpp GGUF file of an RWKV-6 or RWKV-7 model
+(architectures rwkv6, rwkv7): its tensors are mapped back to the official
+ones (exactly) and converted.  With --layout llama.cpp, an RWKV-6/7 model is
+written the other way, as a GGUF file llama.cpp (and llama-cpp-python)
+loads, with the World vocabulary (--vocab) as its tokenizer.
 OUT is written to a temporary file and renamed at the end, so a failed
 conversion never leaves a partial OUT.  The file layout and every transform
 are described in docs/FORMAT.md.
@@ -37,6 +50,7 @@ EPILOG = """\
 examples:
   python -m rwkv_cpp.convert RWKV-4-Pile-169M-20220807-8023.pth rwkv4-169m.gguf
   python -m rwkv_cpp.convert model.safetensors model-f16.gguf --type FP16
+  python -m rwkv_cpp.convert rwkv7-world.pth rwkv7-llama.gguf --layout llama.cpp
 
 exit status: 0 on success, 1 if the conversion failed, 2 on a usage error,
 130 when interrupted (Ctrl-C; nothing is written)."""
@@ -85,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  epilog=EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("input", metavar="IN",
-                    help="input checkpoint (.pth or .safetensors), or an rwkv.cpp .bin model (copied as stored)")
+                    help="input checkpoint (.pth or .safetensors), a Hugging Face model folder, "
+                         "or an rwkv.cpp .bin model (copied as stored)")
     ap.add_argument("output", metavar="OUT", help="output GGUF file")
     ap.add_argument("--type", dest="out_type", default=None, type=str.upper,
                     choices=("FP32", "FP16"),
@@ -99,10 +114,33 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--ln-x-eps", type=float, default=None, metavar="EPS",
                     help="RWKV-5/6/7: epsilon of the ln_x GroupNorm recorded in the file (default 64e-5, "
                          "the official value; the rwkv.cpp 5.x test fixtures need 1e-5)")
+    ap.add_argument("--layout", default="rwkv_cpp", choices=("rwkv_cpp", "llama.cpp"),
+                    help="file layout written: rwkv_cpp's (default) or llama.cpp's rwkv6/rwkv7 GGUF "
+                         "(RWKV-6 and RWKV-7 models only; --type FP32 or FP16)")
+    ap.add_argument("--vocab", default=None, metavar="FILE",
+                    help="--layout llama.cpp: the World vocabulary file written as the tokenizer "
+                         "(default: rwkv_vocab_v20230424.txt of the installed rwkv_cpp package)")
     ap.add_argument("-q", "--quiet", action="store_true",
                     help="print nothing but errors (no progress, no summary)")
     ap.add_argument("--version", action="version", version=version_line("python -m rwkv_cpp.convert"))
     return ap
+
+
+def default_world_vocab() -> str:
+    """The World vocabulary of the installed rwkv_cpp package, found
+    without importing the package (the converter stays below it)."""
+    spec = importlib.util.find_spec("rwkv_cpp")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = os.path.join(folder, "data", WORLD_VOCAB_NAME)
+        if os.path.isfile(path):
+            return path
+    raise ConvertError(f"cannot find {WORLD_VOCAB_NAME} of the rwkv_cpp package; give it with --vocab")
+
+
+def _check_llama_args(args) -> None:
+    if args.tokenizer not in (None, "world") or args.ln_x_eps is not None:
+        raise ConvertError("--layout llama.cpp writes the World tokenizer and llama.cpp's ln_x epsilon "
+                           "(64e-5); --tokenizer and --ln-x-eps do not apply")
 
 
 def main(argv: Optional[list] = None) -> int:
@@ -110,8 +148,13 @@ def main(argv: Optional[list] = None) -> int:
     args = build_parser().parse_args(argv)
     progress = None if args.quiet else ProgressPrinter(sys.stderr)
     try:
-        summary = convert_file(args.input, args.output, args.out_type,
-                               args.tokenizer, progress, args.ln_x_eps)
+        if args.layout == "llama.cpp":
+            _check_llama_args(args)
+            summary = export_llama_file(args.input, args.output, args.vocab or default_world_vocab(),
+                                        args.out_type, progress)
+        else:
+            summary = convert_file(args.input, args.output, args.out_type,
+                                   args.tokenizer, progress, args.ln_x_eps)
     except (ConvertError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -21,6 +21,7 @@ from .checkpoint import open_checkpoint, sniff_format
 from .errors import ConvertError, naming_file
 from .gguf_constants import GGMLType
 from .gguf_writer import GGUFWriter
+from .hf_layout import hf_to_official
 from .keys import normalize_tensors
 from .legacy_bin import legacy_to_gguf
 from .model import (check_rwkv4_tensors, check_wkv_tensors, detect_version, infer_rwkv4_params,
@@ -41,11 +42,13 @@ def convert_file(src: str, dst: str, out_type: Optional[str] = None,
                  tokenizer: Optional[str] = None,
                  progress: Optional[ProgressFn] = None,
                  ln_x_eps: Optional[float] = None) -> ConvertSummary:
-    """Convert an official RWKV-4/5/6/7 ``.pth`` or ``.safetensors`` file (or
-    an rwkv.cpp ``.bin`` model, copied as stored) to GGUF.
+    """Convert an official RWKV-4/5/6/7 ``.pth`` or ``.safetensors`` file, a
+    Hugging Face RWKV-5/6/7 model folder (or an rwkv.cpp ``.bin`` model,
+    copied as stored) to GGUF.
 
     Args:
-        src: input checkpoint (format recognised from its content).
+        src: input checkpoint (format recognised from its content), or a
+            folder of safetensors files (a Hugging Face model folder).
         dst: output GGUF path; written to a temporary file, then renamed.
         out_type: ``'FP32'`` (the default) or ``'FP16'``: storage type of
             the matrices (and of the embedding); vectors are always FP32.
@@ -69,7 +72,7 @@ def convert_file(src: str, dst: str, out_type: Optional[str] = None,
     src, dst = str(src), str(dst)
     check_output_path(dst, [src])
     with naming_file(src):
-        if sniff_format(src) == "rwkv_cpp_bin":
+        if not os.path.isdir(src) and sniff_format(src) == "rwkv_cpp_bin":
             _check_bin_out_type(src, out_type)
             return legacy_to_gguf(src, dst, tokenizer, progress, ln_x_eps)
         with open_checkpoint(src) as ckpt:
@@ -93,7 +96,7 @@ def convert_checkpoint(ckpt: Checkpoint, dst: str, out_type: str = "FP32",
                        ln_x_eps: Optional[float] = None) -> ConvertSummary:
     """Convert an open :class:`Checkpoint` to a GGUF file at ``dst``."""
     type_name, file_type, matrix_type = resolve_output_type(out_type)
-    tensors = normalize_tensors(ckpt.tensors)
+    tensors = normalize_tensors(hf_to_official(ckpt.tensors))
     shapes = {name: t.shape for name, t in tensors.items()}
     version = detect_version(shapes)
     eps = resolve_ln_x_eps(ln_x_eps, version)
@@ -107,7 +110,8 @@ def convert_checkpoint(ckpt: Checkpoint, dst: str, out_type: str = "FP32",
         check_wkv_tensors(shapes, hp)
         plan = plan_wkv(tensors, hp, matrix_type)
         n_att, n_head, head_size = hp.n_embed, hp.n_head, hp.head_size
-    tok = resolve_tokenizer(tokenizer, hp.n_vocab)
+    # a llama.cpp file names its tokenizer (convert/llama_gguf.py)
+    tok = resolve_tokenizer(tokenizer if tokenizer is not None else ckpt.metadata.get("llama_tokenizer"), hp.n_vocab)
 
     def write(f) -> int:
         writer = GGUFWriter(f)

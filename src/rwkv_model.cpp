@@ -273,6 +273,13 @@ Model::~Model() {
 void Model::read_hparams() {
     const GgufFile & f = *file_;
     const std::string arch = f.get_str("general.architecture");
+    if (!f.has_key("rwkv.format_version") && arch != "rwkv4" && arch != "rwkv5") {
+        // a GGUF file of another program, e.g. llama.cpp's (which has no
+        // rwkv4/rwkv5 architectures: those are damaged files of ours)
+        fail(RWKV_STATUS_ERROR_UNSUPPORTED, "a GGUF file of architecture '%s' without rwkv_cpp's metadata "
+             "(a llama.cpp file?): llama.cpp's rwkv6 and rwkv7 files are opened by the Python package "
+             "(rwkv_cpp.Model) or converted with python -m rwkv_cpp.convert", arch.c_str());
+    }
     const uint32_t format_version = f.get_u32("rwkv.format_version");
     if (format_version != FORMAT_VERSION) {
         fail(RWKV_STATUS_ERROR_UNSUPPORTED, "file format version %u is not supported (this build reads %u)",

@@ -10,7 +10,7 @@ import pytest
 
 from fuzz import _runner
 
-HARNESSES = ("pth", "safetensors", "legacy_bin", "state_file", "embed_stats", "tokenizers")
+HARNESSES = ("pth", "safetensors", "legacy_bin", "llama_gguf", "state_file", "embed_stats", "tokenizers")
 #: mutated inputs per harness: about a second each on a busy 2-core machine.
 RUNS = 200
 

@@ -131,6 +131,7 @@ HARNESSES: Dict[str, object] = {
     "pth": PyHarness("tests.fuzz.fuzz_pth"),
     "safetensors": PyHarness("tests.fuzz.fuzz_safetensors"),
     "legacy_bin": PyHarness("tests.fuzz.fuzz_legacy_bin"),
+    "llama_gguf": PyHarness("tests.fuzz.fuzz_llama_gguf"),
     "state_file": PyHarness("tests.fuzz.fuzz_state_file"),
     "embed_stats": PyHarness("tests.fuzz.fuzz_embed_stats"),
     "tokenizers": PyHarness("tests.fuzz.fuzz_tokenizers"),
