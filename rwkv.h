@@ -236,6 +236,21 @@ RWKV_API enum rwkv_status rwkv_quantize(
     enum rwkv_type type,
     const struct rwkv_quantize_params * params);
 
+/* Stores n_rows x n_per_row float32 values (row-major) as `type` into dst
+ * (dst_size bytes: n_rows times the row size of the type), as rwkv_quantize
+ * stores a matrix; n_per_row must be a multiple of the type's block (32 for
+ * the quantized types).  n_threads: 0 = number of online CPUs. */
+RWKV_API enum rwkv_status rwkv_quantize_rows(
+    enum rwkv_type type,
+    const float * src,
+    int64_t n_rows,
+    int64_t n_per_row,
+    void * dst,
+    size_t dst_size,
+    uint32_t n_threads,
+    char * error_buf,
+    size_t error_buf_size);
+
 /* Greedy longest-match tokenizer over bytes (the RWKV "World" tokenizer):
  * at each position the longest vocabulary entry that prefixes the rest of
  * the input is emitted.  Immutable once made; shareable by threads. */

@@ -10,7 +10,7 @@ Command line: ``python -m rwkv_cpp.convert IN OUT [--type FP32|FP16]``.
 """
 
 from .checkpoint import open_checkpoint, sniff_format
-from .convert import convert_checkpoint, convert_file, convert_state_dict
+from .convert import ConvertOptions, convert_checkpoint, convert_file, convert_state_dict
 from .errors import ConvertError, UnsafePickleError, UnsupportedVersionError
 from .gguf_writer import GGUFWriter
 from .keys import normalize_name, normalize_names
@@ -29,7 +29,7 @@ from .transforms import (FORMAT_VERSION, LAYER_NORM_EPSILON, LN_X_EPSILON, decay
 
 
 __all__ = [
-    "Checkpoint", "ConvertError", "ConvertSummary", "FORMAT_VERSION",
+    "Checkpoint", "ConvertError", "ConvertOptions", "ConvertSummary", "FORMAT_VERSION",
     "GGUFWriter", "LAYER_NORM_EPSILON", "LN_X_EPSILON", "RWKV4Params",
     "SourceTensor", "UnsafePickleError", "UnsupportedVersionError",
     "WkvParams", "bf16_bits_to_f32", "check_rwkv4_tensors", "check_wkv_tensors",

@@ -158,6 +158,17 @@ enum rwkv_status rwkv_quantize(
     enum rwkv_type type,
     const struct rwkv_quantize_params * params);
 
+enum rwkv_status rwkv_quantize_rows(
+    enum rwkv_type type,
+    const float * src,
+    int64_t n_rows,
+    int64_t n_per_row,
+    void * dst,
+    size_t dst_size,
+    uint32_t n_threads,
+    char * error_buf,
+    size_t error_buf_size);
+
 struct rwkv_tokenizer;
 
 enum rwkv_status rwkv_tokenizer_init(
