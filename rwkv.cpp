@@ -117,6 +117,8 @@ const char * rwkv_model_packed_kernels_name(const struct rwkv_model * m) {
     return rwkv::packed_isa_name(m->impl->packed_kernels());
 }
 
+bool rwkv_model_has_tuned_state(const struct rwkv_model * m) { return m->impl->has_tuned_state(); }
+
 enum rwkv_status rwkv_state_init(const struct rwkv_model * model, float * state, size_t n_state) {
     if (model == nullptr || state == nullptr || n_state != model->impl->state_len()) {
         return RWKV_STATUS_ERROR_INVALID_ARGUMENT;

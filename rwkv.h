@@ -166,8 +166,14 @@ RWKV_API size_t rwkv_model_packed_bytes(const struct rwkv_model * model);
  * no F16 or quantized matrix). */
 RWKV_API const char * rwkv_model_packed_kernels_name(const struct rwkv_model * model);
 
+/* Whether the file carries a tuned initial state (RWKV-5/6/7 state tuning:
+ * the tensors blocks.N.att.time_state), which rwkv_state_init writes and a
+ * NULL state_in starts from. */
+RWKV_API bool rwkv_model_has_tuned_state(const struct rwkv_model * model);
+
 /* Writes the initial state (v4: zeros, and -1e30 in the max-exponent slots;
- * v5, v6, v7: zeros).  Layouts: docs/FORMAT.md. */
+ * v5, v6, v7: zeros, or the file's tuned WKV matrices when it carries them).
+ * Layouts: docs/FORMAT.md. */
 RWKV_API enum rwkv_status rwkv_state_init(
     const struct rwkv_model * model,
     float * state,

@@ -1,7 +1,8 @@
 """Convert an official RWKV-4/5/6/7 checkpoint to the rwkv_cpp GGUF file.
 
 Pipeline: recognise the input's format -> open the checkpoint (lazy
-tensors) -> normalise names -> detect the version once from all names ->
+tensors) -> normalise names -> merge a LoRA adapter, if any -> set aside
+a tuned initial state (time_state), if any -> detect the version once from all names ->
 infer hyper-parameters and check every tensor -> plan the output tensors
 (name, shape, type, a function producing the data) -> stream them into a
 temporary GGUF file -> rename it to the destination.  rwkv.cpp ``.bin``
@@ -32,6 +33,7 @@ from .output import (ConvertSummary, ProgressFn, resolve_ln_x_eps, resolve_token
                      write_file_atomically)
 from .plan_rwkv4 import add_rwkv4_metadata, plan_rwkv4
 from .plan_wkv import add_wkv_metadata, plan_wkv
+from .state_tuning import check_time_state, plan_time_state, split_time_state
 from .storage import apply_storage, resolve_storage
 from .tensors import Checkpoint
 from .transforms import (FORMAT_VERSION, LAYER_NORM_EPSILON,  # noqa: F401 (re-exported)
@@ -134,6 +136,7 @@ def convert_checkpoint(ckpt: Checkpoint, dst: str, options=None,
     if adapter is not None:
         alpha = DEFAULT_LORA_ALPHA if options.lora_alpha is None else options.lora_alpha
         tensors, _, _ = merge_lora(tensors, normalize_tensors(adapter.tensors), alpha, adapter.path)
+    tensors, time_state = split_time_state(tensors)
     shapes = {name: t.shape for name, t in tensors.items()}
     version = detect_version(shapes)
     eps = resolve_ln_x_eps(ln_x_eps, version)
@@ -147,6 +150,9 @@ def convert_checkpoint(ckpt: Checkpoint, dst: str, options=None,
         check_wkv_tensors(shapes, hp)
         plan = plan_wkv(tensors, hp)
         n_att, n_head, head_size = hp.n_embed, hp.n_head, hp.head_size
+    if time_state:
+        check_time_state(time_state, version, hp.n_layer, n_head, head_size)
+        plan += plan_time_state(time_state, version)
     plan = apply_storage(plan, policy)
     tok = resolve_tokenizer(tokenizer, hp.n_vocab)
 
@@ -165,7 +171,7 @@ def convert_checkpoint(ckpt: Checkpoint, dst: str, options=None,
     written = write_file_atomically(str(dst), write)
     return ConvertSummary(version, hp.n_vocab, hp.n_embed, hp.n_layer, n_att,
                           hp.n_ffn, policy.name, tok, len(plan), written, ckpt.format,
-                          n_head, head_size)
+                          n_head, head_size, bool(time_state))
 
 
 def write_tensors(writer: GGUFWriter, plan: List[OutTensor],

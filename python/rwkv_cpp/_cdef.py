@@ -105,6 +105,8 @@ size_t rwkv_model_packed_bytes(const struct rwkv_model * model);
 
 const char * rwkv_model_packed_kernels_name(const struct rwkv_model * model);
 
+bool rwkv_model_has_tuned_state(const struct rwkv_model * model);
+
 enum rwkv_status rwkv_state_init(
     const struct rwkv_model * model,
     float * state,

@@ -20,8 +20,8 @@ import sys
 import numpy as np
 
 from . import state_file, tokenizers
-from ._cli import (add_model_arguments, add_sampling_arguments, resolve_model_path, sampling_from_args,
-                   use_replacing_stdout)
+from ._cli import (add_initial_state_argument, add_model_arguments, add_sampling_arguments, resolve_model_path,
+                   sampling_from_args, use_replacing_stdout)
 from ._model import Model
 from .errors import RWKVError
 from .generation import STOP_STRING, generate
@@ -30,7 +30,7 @@ from .state_file import StateFileError
 HELP = """commands:
   MESSAGE          chat (write \\n for a new line; -temp=X and -top_p=Y set them for this message)
   +reset           forget the conversation
-  +gen TEXT        free generation from TEXT (a fresh state; the chat is kept)
+  +gen TEXT        free generation from TEXT (the initial state; the chat is kept)
   +i INSTRUCTION   free generation of a response to an instruction
   +qa QUESTION     free generation of an expert answer to a question
   ++               retry the last reply or generation
@@ -135,8 +135,10 @@ class ChatSession:
     line; output goes to ``write`` (text pieces), errors to ``error``.
     ``model`` is a ``Model`` or a ``Context``."""
 
-    def __init__(self, model, tokenizer, persona, sampling, max_tokens, state_dir, write, error):
+    def __init__(self, model, tokenizer, persona, sampling, max_tokens, state_dir, write, error,
+                 initial_state=None):
         self.model = model
+        self.initial_state = initial_state  # None: the model's own
         self.tokenizer = tokenizer
         self.persona = persona
         self.sampling = sampling
@@ -238,7 +240,7 @@ class ChatSession:
     # -- helpers ------------------------------------------------------------
 
     def _free(self, prompt):
-        self._run(_Call("free", prompt, None, None, self.sampling))
+        self._run(_Call("free", prompt, self.initial_state, None, self.sampling))
 
     def _run(self, call):
         """Generates for ``call``, streaming; updates the chat or the free state."""
@@ -268,8 +270,8 @@ class ChatSession:
 
     def _prefill(self, text):
         if not text:
-            return None, None
-        logits, state = self.model.eval_sequence(self.tokenizer.encode(text))
+            return self.initial_state, None
+        logits, state = self.model.eval_sequence(self.tokenizer.encode(text), self.initial_state)
         return state, logits
 
     def _state_path(self, name):
@@ -302,6 +304,7 @@ def _writer(stream):
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m rwkv_cpp.chat", description="Chat with an RWKV model.")
     add_model_arguments(parser)
+    add_initial_state_argument(parser)
     parser.add_argument("--max-tokens", type=int, default=300, help="longest reply (default %(default)s)")
     parser.add_argument("--state-dir", default=".", help="folder of +save/+load (default: the current one)")
     parser.add_argument("--user", help="the user's name in turns (default User, or Bob for 20B models)")
@@ -333,8 +336,9 @@ def run(args, stdin, stdout, stderr):
         try:
             tokenizer = tokenizers.for_model(model, args.tokenizer)
             persona = persona_for(tokenizer.name, args.user, args.bot, _intro_text(args.intro))
+            start = None if args.initial_state is None else state_file.initial_state(args.initial_state, model)
             session = ChatSession(model, tokenizer, persona, sampling_from_args(args), args.max_tokens,
-                                  args.state_dir, write, error)
+                                  args.state_dir, write, error, start)
         except (OSError, ValueError, RWKVError) as exc:
             error(str(exc))
             return 1

@@ -3,6 +3,7 @@
 
     python -m rwkv_cpp.generate "The capital of France is" --model MODEL.gguf \\
         [--max-tokens N --temperature T --top-p P --top-k K --seed S --tokenizer NAME]
+        [--initial-state FILE]
 
 It is a module of its own so that ``import rwkv_cpp`` does not import it
 (``python -m`` would then run a second copy).
@@ -12,10 +13,11 @@ import argparse
 import os
 import sys
 
-from ._cli import (add_model_arguments, add_sampling_arguments, argument_text, report_error, resolve_model_path,
-                   sampling_from_args, use_replacing_stdout)
+from ._cli import (add_initial_state_argument, add_model_arguments, add_sampling_arguments, argument_text,
+                   report_error, resolve_model_path, sampling_from_args, use_replacing_stdout)
 from ._model import Model
 from .errors import RWKVError
+from .state_file import initial_state
 from .generation import STOP_MAX_TOKENS, STOP_STRING, STOP_TOKEN, Generation, generate
 
 __all__ = ["Generation", "generate", "main", "STOP_MAX_TOKENS", "STOP_STRING", "STOP_TOKEN"]
@@ -30,6 +32,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m rwkv_cpp.generate", description="Generate text from a prompt.")
     parser.add_argument("prompt", help="the prompt ('-': read it from stdin)")
     add_model_arguments(parser)
+    add_initial_state_argument(parser)
     parser.add_argument("--max-tokens", type=int, default=200, help="tokens to generate (default %(default)s)")
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     add_sampling_arguments(parser)
@@ -45,8 +48,9 @@ def main(argv=None):
     try:
         sampling = sampling_from_args(args, args.stop)
         with Model(path, n_threads=args.threads) as model:
+            state = None if args.initial_state is None else initial_state(args.initial_state, model)
             generation = generate(model, prompt, max_tokens=args.max_tokens, sampling=sampling,
-                                  tokenizer=args.tokenizer)
+                                  state=state, tokenizer=args.tokenizer)
             sys.stdout.write(prompt)
             for piece in generation:
                 sys.stdout.write(piece)
