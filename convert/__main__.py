@@ -41,6 +41,11 @@ NAME.lora_B (out, r) for each adapted NAME.weight) as W + (alpha/r) * B @ A,
 in float32 before the output type's rounding; any other tensor of the adapter
 replaces the base tensor of the same name.
 
+A state-tuned RWKV-5/6/7 checkpoint's blocks.N.att.time_state tensors (in IN,
+or in a state-tuning ADAPTER given to --lora) are kept as the file's tuned
+initial state, which the model then starts from (docs/FORMAT.md); to use one
+without converting, see the programs' --initial-state.
+
 OUT is written to a temporary file and renamed at the end, so a failed
 conversion never leaves a partial OUT.  The file layout and every transform
 are described in docs/FORMAT.md.

@@ -5,7 +5,9 @@ RWKV-LM-LoRA layout: for a base matrix ``NAME.weight`` of shape (out, in),
 ``NAME.lora_A`` of shape (r, in) and ``NAME.lora_B`` of shape (out, r); the
 merged matrix is ``W + (alpha / r) * B @ A``, the product RWKV-LM-LoRA's
 ``LoraLinear`` adds to its output.  Any other adapter tensor (a fine-tuned
-layer norm or decay) replaces the base tensor of the same name.
+layer norm or decay) replaces the base tensor of the same name; an
+adapter's tuned state (``blocks.N.att.time_state``) is added to the base
+(state_tuning.py).
 
 The merge is lazy, one tensor at a time: each merged tensor is a float32
 :class:`SourceTensor` computed when the converter reaches it (evaluated in
@@ -85,8 +87,11 @@ def merge_lora(base: Mapping[str, SourceTensor], adapter: Mapping[str, SourceTen
     if not alpha > 0 or not np.isfinite(alpha):
         raise ConvertError(f"--lora-alpha must be a positive number, got {alpha}")
     label = f"LoRA adapter {path}"
+    if not adapter:
+        raise ConvertError(f"{label}: the adapter holds no tensor")
     pairs, replacements = _pairs(adapter, label)
-    unknown = [n for n in list(pairs) + list(replacements) if n not in base]
+    # a tuned state (time_state, state tuning) is new to the base: it is kept
+    unknown = [n for n in list(pairs) + list(replacements) if n not in base and not n.endswith(".att.time_state")]
     if unknown:
         known = len(pairs) + len(replacements) - len(unknown)
         raise ConvertError(f"{label}: {len(unknown)} of its targets are not in the base model "
@@ -96,7 +101,7 @@ def merge_lora(base: Mapping[str, SourceTensor], adapter: Mapping[str, SourceTen
         _check_pair(label, name, base[name], a, b)
         merged[name] = _merged(name, base[name], a, b, alpha)
     for name, t in replacements.items():
-        if t.shape != base[name].shape:
+        if name in base and t.shape != base[name].shape:
             raise ConvertError(f"{label}: '{name}' has shape {t.shape}, the base tensor {base[name].shape}; "
                                "is the adapter made for another model?")
         merged[name] = t

@@ -42,3 +42,10 @@ def test_speed_bench_compares_library_builds(tmp_path):
         assert sum(l.startswith("| smoke | FP16 | ggml | %s | " % build) for l in lines) == 2, lines
     assert any(l.startswith("| model | type | kernels | build | decode ms/token (min-max) | time vs old |")
                for l in lines), lines
+
+
+@pytest.mark.timeout(300)
+def test_convert_memory_bench_smoke(tmp_path):
+    lines = run_bench(tmp_path, "bench.bench_convert_memory", "--smoke")
+    for t in ("FP16", "Q8_0", "Q5_1"):
+        assert sum(l.startswith("| %s | " % t) for l in lines) == 1, lines

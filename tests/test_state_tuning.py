@@ -19,7 +19,7 @@ import pytest
 
 import rwkv_cpp
 from conftest import run_official, run_ours, save_pth
-from rwkv_cpp.convert import ConvertError, convert_file, make_state_dict
+from rwkv_cpp.convert import ConvertError, ConvertOptions, convert_file, make_state_dict
 from rwkv_cpp.quantize import quantize
 from rwkv_cpp.sampling import SamplingParams
 from rwkv_cpp.state_file import StateFileError, initial_state
@@ -66,12 +66,14 @@ def tuned(request, tmp_path_factory):
     else:  # the official RWKV-5/6 loader reads time_state from the checkpoint
         official = run_official(root / "full.pth", TOKENS).logits
         plain = run_official(root / "base.pth", TOKENS).logits
+    convert_file(root / "full.pth", root / "full.gguf", "FP32")
+    convert_file(root / "base.pth", root / "base.gguf", "FP32")
     return root, version, official, plain
 
 
 def test_converted_full_checkpoint_starts_from_the_tuned_state(tuned):
     root, version, official, plain = tuned
-    summary = convert_file(root / "full.pth", root / "full.gguf", "FP32")
+    summary = convert_file(root / "full.pth", root / "again.gguf", "FP32")
     assert summary.tuned_state and "tuned initial state" in summary.line()
     with rwkv_cpp.Model(str(root / "full.gguf")) as model:
         assert model.has_tuned_state
@@ -83,7 +85,6 @@ def test_converted_full_checkpoint_starts_from_the_tuned_state(tuned):
 
 def test_initial_state_from_a_time_state_checkpoint(tuned):
     root, version, official, _ = tuned
-    convert_file(root / "base.pth", root / "base.gguf", "FP32")
     with rwkv_cpp.Model(str(root / "base.gguf")) as model, rwkv_cpp.Model(str(root / "full.gguf")) as full:
         assert not model.has_tuned_state
         for source in ("state.pth", "full.pth"):  # alone, or inside a full checkpoint
@@ -97,6 +98,14 @@ def test_initial_state_from_a_time_state_checkpoint(tuned):
         # a state file saved from this model is read too
         model.save_state(root / "s.state", state)
         assert np.array_equal(initial_state(root / "s.state", model), state)
+
+
+def test_tuned_state_from_an_adapter(tuned):
+    """A state-tuning adapter (time_state only) given to --lora is added to
+    the base as its tuned state: the same file as the full checkpoint's."""
+    root, _, _, _ = tuned
+    convert_file(root / "base.pth", root / "adapted.gguf", options=ConvertOptions("FP32", lora=str(root / "state.pth")))
+    assert (root / "adapted.gguf").read_bytes() == (root / "full.gguf").read_bytes()
 
 
 def test_quantized_file_keeps_the_state_in_f32_and_equals_quantize(tuned):
