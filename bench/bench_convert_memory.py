@@ -5,9 +5,10 @@
 
 Writes a random bf16 checkpoint of the shape (once, kept in the cache
 folder: the default shape is a 0.43B RWKV-6, the 430M class), then converts
-it in a child process per type and reads the child's peak resident memory
-(``wait4``'s ``ru_maxrss``), beside the peak of a child that only imports
-the package (the floor).  Before timing, the first type's output is loaded
+it in a child process per type, which reports its own peak resident memory
+(``VmHWM`` of /proc/self/status: that of the process image, unlike
+``ru_maxrss``, which a child inherits from its parent at fork), beside the
+peak of a child that only imports the package (the floor).  Linux only.  Before timing, the first type's output is loaded
 and evaluated on a few tokens (a broken file fails the run).  Prints a
 Markdown table.
 """
@@ -39,17 +40,27 @@ def checkpoint(cache, version, n_layer, n_embed, n_vocab, head_size):
     return path
 
 
-def peak_rss_of(argv):
-    """(seconds, peak RSS in MiB, exit status) of a child process."""
+#: run in the child: the converter's command line (or nothing), then the
+#: process's peak resident memory in KiB on the last line of stdout
+CHILD = """
+import sys
+from rwkv_cpp.convert.__main__ import main
+status = main(sys.argv[1:]) if len(sys.argv) > 1 else 0
+with open("/proc/self/status") as f:
+    print(next(line.split()[1] for line in f if line.startswith("VmHWM:")))
+sys.exit(status)
+"""
+
+
+def peak_rss_of(convert_args):
+    """(seconds, peak RSS in MiB) of a child running the converter with
+    ``convert_args`` (none: only the imports)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    done = subprocess.run([sys.executable, "-c", CHILD, *map(str, convert_args)], capture_output=True, text=True)
     seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        sys.exit("failed: %s\n%s" % (" ".join(map(str, argv)), proc.stderr.read().decode(errors="replace")))
-    proc.stderr.close()
-    return seconds, usage.ru_maxrss / 1024.0  # ru_maxrss is in KiB on Linux
+    if done.returncode != 0:
+        sys.exit("failed: convert %s\n%s" % (" ".join(map(str, convert_args)), done.stderr))
+    return seconds, int(done.stdout.split()[-1]) / 1024.0
 
 
 def check_output(path):
@@ -77,15 +88,14 @@ def main(argv=None):
         args.layers, args.embed, args.vocab, args.head_size = 2, 64, 256, 16
     src = checkpoint(args.cache_dir, args.version, args.layers, args.embed, args.vocab, args.head_size)
     src_mib = src.stat().st_size / 2**20
-    _, floor = peak_rss_of([sys.executable, "-c", "import rwkv_cpp, rwkv_cpp.convert"])
+    _, floor = peak_rss_of([])
     print("checkpoint: %s (%.1f MiB, bf16); peak RSS of a bare `import rwkv_cpp`: %.1f MiB" % (src.name, src_mib, floor))
     print()
     print("| type | seconds | peak RSS MiB | above the import MiB | output MiB |")
     print("| --- | --- | --- | --- | --- |")
     for i, out_type in enumerate(args.types.split(",")):
         out = args.cache_dir / ("convert-mem-%s.gguf" % out_type)
-        seconds, peak = peak_rss_of([sys.executable, "-m", "rwkv_cpp.convert", str(src), str(out), "--type", out_type,
-                                     "--quiet", "--threads", "2"])
+        seconds, peak = peak_rss_of([src, out, "--type", out_type, "--quiet", "--threads", "2"])
         if i == 0:
             check_output(out)
         print("| %s | %.1f | %.1f | %.1f | %.1f |" % (out_type, seconds, peak, peak - floor, out.stat().st_size / 2**20))

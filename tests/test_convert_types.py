@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rwkv_cpp import InvalidArgumentError
 from rwkv_cpp._lib import ffi, lib
 from rwkv_cpp.convert import ConvertError, convert_file, convert_state_dict, make_state_dict
 from rwkv_cpp.convert.convert import ConvertOptions, convert_checkpoint
@@ -138,8 +137,7 @@ def test_quantize_rows_matches_the_quantizer_and_checks_sizes():
         status = lib.rwkv_quantize_rows(lib.RWKV_TYPE_Q8_0, ffi.cast("const float *", ffi.from_buffer(x)), 3,
                                         n_per_row, ffi.from_buffer(dst), size, 1, buf, 256)
         assert status == lib.RWKV_STATUS_ERROR_INVALID_ARGUMENT
-        assert ffi.string(buf)
-    assert InvalidArgumentError  # the class the Python layer maps this status to
+        assert b"rows" in ffi.string(buf)
 
 
 def _peak_bytes(tmp_path, n_layer):
