@@ -117,6 +117,8 @@ const char * rwkv_model_packed_kernels_name(const struct rwkv_model * m) {
     return rwkv::packed_isa_name(m->impl->packed_kernels());
 }
 
+bool rwkv_model_has_tuned_state(const struct rwkv_model * m) { return m->impl->has_tuned_state(); }
+
 enum rwkv_status rwkv_state_init(const struct rwkv_model * model, float * state, size_t n_state) {
     if (model == nullptr || state == nullptr || n_state != model->impl->state_len()) {
         return RWKV_STATUS_ERROR_INVALID_ARGUMENT;
@@ -205,6 +207,27 @@ enum rwkv_status rwkv_quantize(const char * in, const char * out, enum rwkv_type
         st = guarded(message, [&] { rwkv::quantize_file(in, out, static_cast<rwkv_type>(t), p); });
     }
     write_message(p.error_buf, p.error_buf_size, message);
+    return st;
+}
+
+enum rwkv_status rwkv_quantize_rows(enum rwkv_type type, const float * src, int64_t n_rows, int64_t n_per_row,
+                                    void * dst, size_t dst_size, uint32_t n_threads, char * error_buf,
+                                    size_t error_buf_size) {
+    std::string message;
+    rwkv_status st;
+    const int t = rwkv::c_enum_value(type);
+    if (src == nullptr || dst == nullptr) {
+        message = "rwkv_quantize_rows: src and dst must not be NULL";
+        st = RWKV_STATUS_ERROR_INVALID_ARGUMENT;
+    } else if (t < RWKV_TYPE_FP32 || t > RWKV_TYPE_Q4_1) {
+        message = rwkv::format("unknown target type %d", t);
+        st = RWKV_STATUS_ERROR_INVALID_ARGUMENT;
+    } else {
+        st = guarded(message, [&] {
+            rwkv::quantize_rows(static_cast<rwkv_type>(t), src, n_rows, n_per_row, dst, dst_size, n_threads);
+        });
+    }
+    write_message(error_buf, error_buf_size, message);
     return st;
 }
 

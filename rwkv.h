@@ -166,8 +166,14 @@ RWKV_API size_t rwkv_model_packed_bytes(const struct rwkv_model * model);
  * no F16 or quantized matrix). */
 RWKV_API const char * rwkv_model_packed_kernels_name(const struct rwkv_model * model);
 
+/* Whether the file carries a tuned initial state (RWKV-5/6/7 state tuning:
+ * the tensors blocks.N.att.time_state), which rwkv_state_init writes and a
+ * NULL state_in starts from. */
+RWKV_API bool rwkv_model_has_tuned_state(const struct rwkv_model * model);
+
 /* Writes the initial state (v4: zeros, and -1e30 in the max-exponent slots;
- * v5, v6, v7: zeros).  Layouts: docs/FORMAT.md. */
+ * v5, v6, v7: zeros, or the file's tuned WKV matrices when it carries them).
+ * Layouts: docs/FORMAT.md. */
 RWKV_API enum rwkv_status rwkv_state_init(
     const struct rwkv_model * model,
     float * state,
@@ -279,6 +285,21 @@ RWKV_API enum rwkv_status rwkv_quantize(
     const char * out,
     enum rwkv_type type,
     const struct rwkv_quantize_params * params);
+
+/* Stores n_rows x n_per_row float32 values (row-major) as `type` into dst
+ * (dst_size bytes: n_rows times the row size of the type), as rwkv_quantize
+ * stores a matrix; n_per_row must be a multiple of the type's block (32 for
+ * the quantized types).  n_threads: 0 = number of online CPUs. */
+RWKV_API enum rwkv_status rwkv_quantize_rows(
+    enum rwkv_type type,
+    const float * src,
+    int64_t n_rows,
+    int64_t n_per_row,
+    void * dst,
+    size_t dst_size,
+    uint32_t n_threads,
+    char * error_buf,
+    size_t error_buf_size);
 
 /* Greedy longest-match tokenizer over bytes (the RWKV "World" tokenizer):
  * at each position the longest vocabulary entry that prefixes the rest of

@@ -3,14 +3,17 @@
 Reads official PyTorch ``.pth`` files (safely: the pickle's code never runs)
 and ``.safetensors`` files of RWKV-4, 5.0/5.1/5.2, 6.0 and 7.0, with official
 BlinkDL (or, for RWKV-4, Hugging Face) tensor names, and writes the GGUF file
-the rwkv_cpp runtime loads (docs/FORMAT.md).  Depends on numpy and the standard
-library only (the command line adds tqdm for its progress bar).
+the rwkv_cpp runtime loads (docs/FORMAT.md), in any type the library runs
+(quantized types through the library's own quantizer, storage.py), with an
+optional LoRA adapter merged in and a tuned initial state kept.  Depends on
+numpy, the standard library and, for the quantized types, the package's
+native library (the command line adds tqdm for its progress bar).
 
-Command line: ``python -m rwkv_cpp.convert IN OUT [--type FP32|FP16]``.
+Command line: ``python -m rwkv_cpp.convert IN OUT [--type TYPE] [--lora ADAPTER]``.
 """
 
 from .checkpoint import open_checkpoint, sniff_format
-from .convert import convert_checkpoint, convert_file, convert_state_dict
+from .convert import ConvertOptions, convert_checkpoint, convert_file, convert_state_dict
 from .errors import ConvertError, UnsafePickleError, UnsupportedVersionError
 from .gguf_writer import GGUFWriter
 from .keys import normalize_name, normalize_names
@@ -29,7 +32,7 @@ from .transforms import (FORMAT_VERSION, LAYER_NORM_EPSILON, LN_X_EPSILON, decay
 
 
 __all__ = [
-    "Checkpoint", "ConvertError", "ConvertSummary", "FORMAT_VERSION",
+    "Checkpoint", "ConvertError", "ConvertOptions", "ConvertSummary", "FORMAT_VERSION",
     "GGUFWriter", "LAYER_NORM_EPSILON", "LN_X_EPSILON", "RWKV4Params",
     "SourceTensor", "UnsafePickleError", "UnsupportedVersionError",
     "WkvParams", "bf16_bits_to_f32", "check_rwkv4_tensors", "check_wkv_tensors",

@@ -43,6 +43,7 @@ class ConvertSummary:
     source_format: str
     n_head: int = 0       # RWKV-5 and later
     head_size: int = 0
+    tuned_state: bool = False  # the file carries a tuned initial state (state tuning)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -53,6 +54,7 @@ class ConvertSummary:
         return (f"RWKV-{self.version} {self.type}: n_vocab={self.n_vocab} "
                 f"n_embed={self.n_embed} n_layer={self.n_layer} n_att={self.n_att} "
                 f"n_ffn={self.n_ffn} {heads}tokenizer={self.tokenizer or 'none'}, "
+                f"{'tuned initial state, ' if self.tuned_state else ''}"
                 f"{self.n_tensors} tensors, {self.bytes_written / 2**20:.1f} MiB written")
 
 

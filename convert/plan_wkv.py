@@ -18,7 +18,7 @@ from .gguf_writer import GGUFWriter
 from .model import WkvParams, v5_bonus_name
 from .tensors import SourceTensor
 from .transforms import (FORMAT_VERSION, LAYER_NORM_EPSILON, LN_X_EPSILON, OutTensor, emb_with_ln0, exp_f32,
-                         exp_neg_exp, matrix_of, to_matrix_type)
+                         exp_neg_exp)
 
 #: general.architecture of each version.
 ARCHITECTURES = {"5.0": "rwkv5", "5.1": "rwkv5", "5.2": "rwkv5", "6.0": "rwkv6", "7.0": "rwkv7"}
@@ -31,33 +31,32 @@ F32 = GGMLType.F32
 
 
 class _Planner:
-    """Appends the output tensors of one file, sharing the source tensors
-    and the matrix type."""
+    """Appends the output tensors of one file (float32 data and a role;
+    storage.py sets their types), sharing the source tensors."""
 
-    def __init__(self, tensors: Mapping[str, SourceTensor], hp: WkvParams, matrix_type: GGMLType):
-        self.t, self.hp, self.matrix_type = tensors, hp, matrix_type
+    def __init__(self, tensors: Mapping[str, SourceTensor], hp: WkvParams):
+        self.t, self.hp = tensors, hp
         self.plan: List[OutTensor] = []
 
-    def add(self, name: str, shape: tuple, ggml_type: GGMLType, produce: Callable[[], np.ndarray]) -> None:
-        self.plan.append(OutTensor(name, tuple(shape), ggml_type, produce))
+    def add(self, name: str, shape: tuple, produce: Callable[[], np.ndarray], role: str = "vector") -> None:
+        self.plan.append(OutTensor(name, tuple(shape), F32, produce, role))
 
     def vector(self, name: str, shape: Optional[tuple] = None) -> None:
         """A parameter, squeezed to (D) (or ``shape``), as F32."""
         src = self.t[name]
         shape = shape or (self.hp.n_embed,)
-        self.add(name, shape, F32, lambda: src.to_f32().reshape(shape))
+        self.add(name, shape, lambda: src.to_f32().reshape(shape))
 
-    def matrix(self, name: str) -> None:
-        """A matrix in the file's matrix type, as is."""
+    def matrix(self, name: str, role: str = "matrix") -> None:
+        """A matrix, as is."""
         src = self.t[name]
-        self.add(name, src.shape, self.matrix_type, matrix_of(src, self.matrix_type))
+        self.add(name, src.shape, src.to_f32, role)
 
     def transposed(self, name: str, axes: tuple = (1, 0)) -> None:
         """A LoRA matrix, transposed to (out, in) (time_maa_w2: (5, E, D) -> (5, D, E))."""
-        src, mt = self.t[name], self.matrix_type
+        src = self.t[name]
         shape = tuple(src.shape[a] for a in axes)
-        self.add(name, shape, mt,
-                 lambda: to_matrix_type(name, np.ascontiguousarray(src.to_f32().transpose(axes)), mt))
+        self.add(name, shape, lambda: np.ascontiguousarray(src.to_f32().transpose(axes)), "low_rank")
 
 
 def _per_channel(values: np.ndarray, hp: WkvParams) -> np.ndarray:
@@ -69,13 +68,15 @@ def _per_channel(values: np.ndarray, hp: WkvParams) -> np.ndarray:
 def _v5_layer(pl: _Planner, p: str, bonus: str) -> None:
     hp, HN = pl.hp, (pl.hp.n_head, pl.hp.head_size)
     decay, u = pl.t[p + "att.time_decay"], pl.t[p + "att." + bonus]
+    for m in "kvr":
+        pl.vector(p + "att.time_mix_" + m)
     # w = exp(-exp(time_decay)) and u = time_faaaa or exp(time_first), as the
     # official loader computes them, per channel
-    pl.add(p + "att.time_decay", HN, F32, lambda: _per_channel(exp_neg_exp(decay.to_f32()), hp))
+    pl.add(p + "att.time_decay", HN, lambda: _per_channel(exp_neg_exp(decay.to_f32()), hp))
     to_u = (lambda: u.to_f32()) if bonus == "time_faaaa" else (lambda: exp_f32(u.to_f32()))
-    pl.add(p + "att.time_faaaa", HN, F32, lambda: _per_channel(to_u(), hp))
-    for m in ("kvrg" if hp.has_gate else "kvr"):
-        pl.vector(p + "att.time_mix_" + m)
+    pl.add(p + "att.time_faaaa", HN, lambda: _per_channel(to_u(), hp))
+    if hp.has_gate:
+        pl.vector(p + "att.time_mix_g")
 
 
 def _v6_layer(pl: _Planner, p: str) -> None:
@@ -97,18 +98,25 @@ def _v7_layer(pl: _Planner, p: str, layer: int) -> None:
     for name in ("w0", "a0", "k_k", "k_a"):
         pl.vector(p + "att." + name)
     pl.vector(p + "att.r_k", (hp.n_head, hp.head_size))
-    for lora in ("w", "a", "g") + (("v",) if layer > 0 else ()):
+    _ffn(pl, p)  # before the LoRAs, as in the model's tensor table
+    for lora in ("w", "a", "g"):
         pl.transposed(p + f"att.{lora}1")
         pl.transposed(p + f"att.{lora}2")
     if layer > 0:  # layer 0's v0/v1/v2 are unused by the official code: not stored
         pl.vector(p + "att.v0")
+        pl.transposed(p + "att.v1")
+        pl.transposed(p + "att.v2")
 
 
 def _attention_common(pl: _Planner, p: str, gate: bool) -> None:
-    for name in ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias", "att.ln_x.weight", "att.ln_x.bias"):
+    for name in ("ln1.weight", "ln1.bias", "ln2.weight", "ln2.bias"):
         pl.vector(p + name)
-    for name in ("receptance", "key", "value", "output") + (("gate",) if gate else ()):
+    for name in ("receptance", "key", "value", "output"):
         pl.matrix(p + f"att.{name}.weight")
+    pl.vector(p + "att.ln_x.weight")
+    pl.vector(p + "att.ln_x.bias")
+    if gate:
+        pl.matrix(p + "att.gate.weight")
 
 
 def _ffn(pl: _Planner, p: str) -> None:
@@ -125,29 +133,32 @@ def _ffn(pl: _Planner, p: str) -> None:
         pl.matrix(p + f"ffn.{name}.weight")
 
 
-def plan_wkv(tensors: Mapping[str, SourceTensor], hp: WkvParams, matrix_type: GGMLType) -> List[OutTensor]:
-    """The output tensors of an RWKV-5/6/7 file, in file order (FORMAT.md)."""
-    pl = _Planner(tensors, hp, matrix_type)
+def plan_wkv(tensors: Mapping[str, SourceTensor], hp: WkvParams) -> List[OutTensor]:
+    """The output tensors of an RWKV-5/6/7 file (FORMAT.md), in the order of
+    the model's tensor table (src/rwkv_model.cpp), which python -m
+    rwkv_cpp.quantize keeps: a file converted to a type then equals the FP32
+    file quantized to it, byte for byte."""
+    pl = _Planner(tensors, hp)
     emb, w0, b0 = tensors["emb.weight"], tensors["blocks.0.ln0.weight"], tensors["blocks.0.ln0.bias"]
     # v5/v6: ln0(emb) rounded like the checkpoint; v7: in float32 (the official
     # RWKV_x070 loader widens every tensor to the strategy's dtype first)
     round_to_source = hp.version != "7.0"
-    pl.add("emb.weight", emb.shape, matrix_type,
-           lambda: to_matrix_type("emb.weight", emb_with_ln0(emb, w0, b0, round_to_source), matrix_type))
+    pl.add("emb.weight", emb.shape, lambda: emb_with_ln0(emb, w0, b0, round_to_source), "embedding")
     bonus = v5_bonus_name({name: t.shape for name, t in tensors.items()})
     for i in range(hp.n_layer):
         p = f"blocks.{i}."
         _attention_common(pl, p, hp.has_gate and hp.version != "7.0")
         if hp.version.startswith("5"):
             _v5_layer(pl, p, bonus)
+            _ffn(pl, p)
         elif hp.version == "6.0":
             _v6_layer(pl, p)
+            _ffn(pl, p)
         else:
             _v7_layer(pl, p, i)
-        _ffn(pl, p)
     pl.vector("ln_out.weight")
     pl.vector("ln_out.bias")
-    pl.matrix("head.weight")
+    pl.matrix("head.weight", "head")
     return pl.plan
 
 
@@ -156,7 +167,6 @@ def add_wkv_metadata(writer: GGUFWriter, hp: WkvParams, file_type: int, tokenize
     """The GGUF keys of an rwkv_cpp RWKV-5/6/7 file (see FORMAT.md)."""
     writer.add_string("general.architecture", ARCHITECTURES[hp.version])
     writer.add_u32("general.alignment", writer.alignment)
-    writer.add_u32("general.file_type", file_type)
     writer.add_u32("rwkv.format_version", FORMAT_VERSION)
     writer.add_string("rwkv.version", hp.version)
     for key in ("n_vocab", "n_embed", "n_layer", "n_ffn", "n_head", "head_size"):
@@ -167,3 +177,7 @@ def add_wkv_metadata(writer: GGUFWriter, hp: WkvParams, file_type: int, tokenize
     writer.add_f32("rwkv.ln_x_epsilon", ln_x_eps)
     writer.add_string("rwkv.tokenizer", tokenizer)
     writer.add_bool("rwkv.emb_ln0_applied", emb_ln0_applied)
+    # last, where rwkv_quantize puts it (gguf_set_val moves a key it sets to
+    # the end): a file converted to a type equals, byte for byte, the FP32
+    # conversion quantized to that type
+    writer.add_u32("general.file_type", file_type)

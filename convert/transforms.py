@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import ConvertError
-from .gguf_constants import GGMLType
+from .gguf_constants import GGMLType, ggml_nbytes
 from .tensors import SourceTensor, raw_to_f32, round_to_bf16
 
 #: value of the GGUF key rwkv.format_version of the files these transforms make.
@@ -30,19 +30,22 @@ EMB_CHUNK_ROWS = 4096
 
 @dataclass
 class OutTensor:
-    """One tensor of the output file; ``produce`` computes its data."""
+    """One tensor of the output file; ``produce`` computes its data.
+
+    ``role`` is the tensor's part in the model, which decides its storage
+    type (storage.py, docs/QUANTIZATION.md): 'vector' (always F32),
+    'matrix', 'low_rank' (v6/v7 LoRA matrices), 'embedding' or 'head'.
+    """
 
     name: str
     shape: tuple
     ggml_type: GGMLType
     produce: Callable[[], np.ndarray]
+    role: str = "vector"
 
     @property
     def nbytes(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n * (4 if self.ggml_type == GGMLType.F32 else 2)
+        return ggml_nbytes(self.ggml_type, tuple(reversed(self.shape)))
 
 
 def layer_norm_f64(x: np.ndarray, weight: np.ndarray, bias: np.ndarray,
@@ -141,5 +144,5 @@ def vector_of(src: SourceTensor, length: int) -> Callable[[], np.ndarray]:
     return lambda: src.to_f32().reshape(length)
 
 
-def matrix_of(src: SourceTensor, ggml_type: GGMLType) -> Callable[[], np.ndarray]:
-    return lambda: to_matrix_type(src.name, src.to_f32(), ggml_type)
+def f32_of(src: SourceTensor) -> Callable[[], np.ndarray]:
+    return src.to_f32

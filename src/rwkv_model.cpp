@@ -168,6 +168,24 @@ void add_output_specs(std::vector<TensorSpec> & specs, const HParams & hp, ggml_
     specs.push_back({"head.weight", Kind::MATRIX, D, V, head, TensorRole::HEAD});
 }
 
+// The optional tuned initial state (RWKV-5/6/7, state tuning): when the file
+// has blocks.0.att.time_state, every layer must have one, (H, N, N) F32 in
+// the state's own layout (docs/FORMAT.md); last in the table, as the
+// converter writes them.
+void add_time_state_specs(std::vector<TensorSpec> & specs, const GgufFile & file, const HParams & hp,
+                          std::vector<ggml_tensor *> & time_state) {
+    time_state.assign(hp.n_layer, nullptr);
+    if (file.find_tensor("blocks.0.att.time_state") == nullptr) {
+        time_state.clear();
+        return;
+    }
+    const int64_t H = hp.n_head, N = hp.head_size;
+    for (uint32_t i = 0; i < hp.n_layer; ++i) {
+        specs.push_back({format("blocks.%u.att.time_state", i), Kind::VECTOR, N, N, &time_state[i],
+                         TensorRole::VECTOR, H});
+    }
+}
+
 // Finds, checks and binds every expected tensor, in table order, then
 // rejects any tensor of the file that the table does not name.
 void bind_specs(const GgufFile & file, const std::vector<TensorSpec> & specs, std::vector<TensorEntry> & entries,
@@ -401,6 +419,7 @@ void Model::bind_tensors_v5() {
         add_ffn_rkv_specs(specs, p, "time_mix_", D, F, l.ffn);
     }
     add_output_specs(specs, hp_, &ln_out_w, &ln_out_b, &head);
+    add_time_state_specs(specs, *file_, hp_, time_state);
     bind_specs(*file_, specs, entries_, arch_label(hp_.arch));
 }
 
@@ -432,6 +451,7 @@ void Model::bind_tensors_v6() {
         add_ffn_rkv_specs(specs, p, "time_maa_", D, F, l.ffn);
     }
     add_output_specs(specs, hp_, &ln_out_w, &ln_out_b, &head);
+    add_time_state_specs(specs, *file_, hp_, time_state);
     bind_specs(*file_, specs, entries_, arch_label(hp_.arch));
 }
 
@@ -475,6 +495,7 @@ void Model::bind_tensors_v7() {
         }
     }
     add_output_specs(specs, hp_, &ln_out_w, &ln_out_b, &head);
+    add_time_state_specs(specs, *file_, hp_, time_state);
     bind_specs(*file_, specs, entries_, arch_label(hp_.arch));
 }
 
@@ -619,7 +640,12 @@ size_t Model::wkv_state_offset(uint32_t layer, WkvStateSlot slot) const {
 void Model::init_state(float * state) const {
     std::memset(state, 0, state_len() * sizeof(float));
     if (hp_.arch != Arch::V4) {
-        return;  // RWKV-5 and later: all zeros (the official generate_zero_state)
+        // RWKV-5 and later: all zeros (the official generate_zero_state), or
+        // the file's tuned WKV matrices (token shifts stay zero)
+        for (uint32_t i = 0; i < time_state.size(); ++i) {
+            std::memcpy(state + wkv_state_offset(i, WKV_ATT_STATE), time_state[i]->data, ggml_nbytes(time_state[i]));
+        }
+        return;
     }
     // Official initial state: zeros, and pp = -1e30 so that the first token's
     // exp(pp - p) vanishes in the max-exponent WKV recurrence.

@@ -185,6 +185,10 @@ public:
     ggml_tensor * ln_out_w = nullptr;
     ggml_tensor * ln_out_b = nullptr;
     ggml_tensor * head = nullptr;
+    // RWKV-5/6/7 files with a tuned initial state: its WKV matrices, one per
+    // layer (empty otherwise); init_state starts from them.
+    std::vector<ggml_tensor *> time_state;
+    bool has_tuned_state() const { return !time_state.empty(); }
 
 private:
     Model() = default;

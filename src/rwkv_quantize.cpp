@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdint>
 #include <cstring>
 #include <memory>
 #include <thread>
@@ -177,6 +178,23 @@ static ggml_type policy_type(const TensorEntry & e, rwkv_type target, const rwkv
         return GGML_TYPE_F16;
     }
     return want;
+}
+
+void quantize_rows(rwkv_type target, const float * src, int64_t n_rows, int64_t n_per_row, void * dst,
+                   size_t dst_size, uint32_t n_threads) {
+    const ggml_type t = ggml_type_of(target);
+    if (n_rows <= 0 || n_per_row <= 0 || n_per_row % ggml_blck_size(t) != 0) {
+        fail(RWKV_STATUS_ERROR_INVALID_ARGUMENT, "cannot store %lld rows of %lld values as %s: the row length must "
+             "be a positive multiple of %lld", static_cast<long long>(n_rows), static_cast<long long>(n_per_row),
+             ggml_type_name(t), static_cast<long long>(ggml_blck_size(t)));
+    }
+    const size_t row_bytes = ggml_row_size(t, n_per_row);
+    if (static_cast<uint64_t>(n_rows) > SIZE_MAX / row_bytes || row_bytes * static_cast<size_t>(n_rows) != dst_size) {
+        fail(RWKV_STATUS_ERROR_INVALID_ARGUMENT, "destination of %zu bytes, expected %zu rows of %zu bytes", dst_size,
+             static_cast<size_t>(n_rows), row_bytes);
+    }
+    const uint32_t threads = n_threads != 0 ? n_threads : std::max(1u, std::thread::hardware_concurrency());
+    f32_to_type(src, n_rows, n_per_row, t, static_cast<uint8_t *>(dst), threads);
 }
 
 void quantize_file(const std::string & in, const std::string & out_path, rwkv_type target,

@@ -5,7 +5,9 @@ the package selects the RWKV-7 class with RWKV_V7_ON=1 at import time.
     python official_v7_worker.py JOBS.json
 
 JOBS.json: a list of {"model": ".pth path", "tokens": ".npy path", "out":
-".npz path"}; each out file receives "logits" (T, V) and "states"
+".npz path"} and optionally "time_state": a ".npy path" of (L, H, N, N) WKV
+matrices to start from (a tuned state, used as the official state's att_kv
+as it is); each out file receives "logits" (T, V) and "states"
 (T, state_len), the official state flattened in its order after each token.
 """
 
@@ -29,6 +31,10 @@ def run(job) -> None:
     assert model_path.endswith(".pth")
     model = RWKV_x070(model_path[: -len(".pth")], "cpu fp32")  # the class appends ".pth"
     state = None
+    if "time_state" in job:
+        state = model.generate_zero_state()
+        for i, matrices in enumerate(np.load(job["time_state"])):
+            state[i * 3 + 1] = torch.from_numpy(np.ascontiguousarray(matrices, dtype=np.float32))
     logits, states = [], []
     with torch.no_grad():
         for token in np.load(job["tokens"]):

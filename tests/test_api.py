@@ -162,7 +162,7 @@ def test_bundled_model_rebuilds_byte_identically(tmp_path):
     bundled = Path(bundled_model_path())
     assert hashlib.sha256(bundled.read_bytes()).hexdigest() == BUNDLED_SHA256
     converted = tmp_path / "demo.gguf"
-    convert_file(str(ROOT / "demo" / "rwkv4-shakespeare-L8-D192.pth"), str(converted))
+    convert_file(str(ROOT / "demo" / "rwkv4-shakespeare-L8-D192.pth"), str(converted), "FP32")
     rebuilt = tmp_path / "demo-Q5_1.gguf"
     quantize(converted, rebuilt, "Q5_1", n_threads=2, quantize_head=True, quantize_emb=True)
     assert hashlib.sha256(rebuilt.read_bytes()).hexdigest() == BUNDLED_SHA256

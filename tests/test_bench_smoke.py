@@ -78,3 +78,10 @@ def test_batch_bench_smoke(tmp_path):
         for t in ("Q5_1", "FP16"):
             for b in (1, 2, 4):
                 assert sum(l.startswith("| %s | %s | %d |" % (model, t, b)) for l in lines) == 1, lines
+
+
+@pytest.mark.timeout(300)
+def test_convert_memory_bench_smoke(tmp_path):
+    lines = run_bench(tmp_path, "bench.bench_convert_memory", "--smoke")
+    for t in ("FP16", "Q8_0", "Q5_1"):
+        assert sum(l.startswith("| %s | " % t) for l in lines) == 1, lines

@@ -131,7 +131,7 @@ def test_v7_bf16_embedding_is_not_rounded(tmp_path):
     save_safetensors(str(tmp_path / "m.safetensors"), sd, "BF16")
     from rwkv_cpp.convert import convert_file
 
-    convert_file(str(tmp_path / "m.safetensors"), str(tmp_path / "m.gguf"))
+    convert_file(str(tmp_path / "m.safetensors"), str(tmp_path / "m.gguf"), "FP32")
     emb = np.asarray(read_gguf(str(tmp_path / "m.gguf")).tensor("emb.weight"))
     low_bits = emb.view(np.uint32) & 0xFFFF
     assert np.count_nonzero(low_bits) > emb.size // 2

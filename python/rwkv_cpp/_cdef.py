@@ -105,6 +105,8 @@ size_t rwkv_model_packed_bytes(const struct rwkv_model * model);
 
 const char * rwkv_model_packed_kernels_name(const struct rwkv_model * model);
 
+bool rwkv_model_has_tuned_state(const struct rwkv_model * model);
+
 enum rwkv_status rwkv_state_init(
     const struct rwkv_model * model,
     float * state,
@@ -173,6 +175,17 @@ enum rwkv_status rwkv_quantize(
     const char * out,
     enum rwkv_type type,
     const struct rwkv_quantize_params * params);
+
+enum rwkv_status rwkv_quantize_rows(
+    enum rwkv_type type,
+    const float * src,
+    int64_t n_rows,
+    int64_t n_per_row,
+    void * dst,
+    size_t dst_size,
+    uint32_t n_threads,
+    char * error_buf,
+    size_t error_buf_size);
 
 struct rwkv_tokenizer;
 

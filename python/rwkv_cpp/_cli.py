@@ -91,6 +91,13 @@ def note_ctx_size(args):
               file=sys.stderr)
 
 
+def add_initial_state_argument(parser):
+    parser.add_argument("--initial-state", metavar="FILE",
+                        help="start from this state instead of the model's initial one: a state file "
+                             "(Model.save_state, chat's +save) or a state-tuned checkpoint (.pth or "
+                             ".safetensors with blocks.N.att.time_state, alone or in a full checkpoint)")
+
+
 def add_sampling_arguments(parser, temperature=1.0, top_p=0.85):
     group = parser.add_argument_group("sampling")
     group.add_argument("--temperature", "--temp", type=float, default=temperature,

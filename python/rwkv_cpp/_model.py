@@ -259,6 +259,9 @@ class Model:
         self.packed_bytes = int(lib.rwkv_model_packed_bytes(self._model))
         self.packed_kernels_name = _string(lib.rwkv_model_packed_kernels_name(self._model))
         self.state_len = int(lib.rwkv_model_state_len(self._model))
+        # a tuned initial state in the file (state tuning): init_state() and
+        # state=None start from it
+        self.has_tuned_state = bool(lib.rwkv_model_has_tuned_state(self._model))
 
     @classmethod
     def default(cls, n_threads=None, **kwargs):
@@ -407,6 +410,7 @@ class Context:
     tokenizer_name = _from_model("tokenizer_name")
     type = _from_model("type")
     state_len = _from_model("state_len")
+    has_tuned_state = _from_model("has_tuned_state")
     path = _from_model("path")
 
     def __init__(self, model, n_threads=None, *, max_chunk_tokens=0):

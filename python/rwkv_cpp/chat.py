@@ -23,10 +23,10 @@ import sys
 import numpy as np
 
 from . import state_file, tokenizers
-from ._cli import (InterruptFlag, add_ctx_size_argument, add_max_tokens_argument, add_model_arguments,
-                   add_sampling_arguments, banner, cancellable, check_output_folder, memory_mib,
-                   note_ctx_size, open_model, read_text, resolve_model_path, sampling_from_args, timings,
-                   use_replacing_stdout)
+from ._cli import (InterruptFlag, add_ctx_size_argument, add_initial_state_argument, add_max_tokens_argument,
+                   add_model_arguments, add_sampling_arguments, banner, cancellable, check_output_folder,
+                   memory_mib, note_ctx_size, open_model, read_text, resolve_model_path, sampling_from_args,
+                   timings, use_replacing_stdout)
 from ._model import Model
 from .errors import RWKVError
 from .generation import STOP_STRING, generate
@@ -35,7 +35,7 @@ from .state_file import StateFileError
 HELP = """commands:
   MESSAGE          chat (write \\n for a new line; -temp=X and -top_p=Y set them for this message)
   +reset           forget the conversation
-  +gen TEXT        free generation from TEXT (a fresh state; the chat is kept)
+  +gen TEXT        free generation from TEXT (the initial state; the chat is kept)
   +i INSTRUCTION   free generation of a response to an instruction
   +qa QUESTION     free generation of an expert answer to a question
   ++ (or +)        retry the last reply or generation
@@ -136,14 +136,15 @@ class ChatSession:
     ``tokens_generated`` and ``generate_seconds`` count the session's
     generations; ``last_generation`` is the latest."""
 
-    def __init__(self, model, tokenizer, persona, sampling, max_tokens, state_dir, write, error, *,
-                 interrupt=None, report=None):
+    def __init__(self, model, tokenizer, persona, sampling, max_tokens, state_dir, write, error,
+                 initial_state=None, *, interrupt=None, report=None):
         self.interrupt = interrupt if interrupt is not None else InterruptFlag()
         self.report = report
         self.replies = self.tokens_generated = 0
         self.generate_seconds = 0.0
         self.last_generation = None
         self.model = model
+        self.initial_state = initial_state  # None: the model's own
         self.tokenizer = tokenizer
         self.persona = persona
         self.sampling = sampling
@@ -249,7 +250,7 @@ class ChatSession:
     # -- helpers ------------------------------------------------------------
 
     def _free(self, prompt):
-        self._run(_Call("free", prompt, None, None, self.sampling))
+        self._run(_Call("free", prompt, self.initial_state, None, self.sampling))
 
     def _run(self, call):
         """Generates for ``call``, streaming; updates the chat or the free
@@ -303,8 +304,8 @@ class ChatSession:
 
     def _prefill(self, text):
         if not text:
-            return None, None
-        logits, state = self.model.eval_sequence(self.tokenizer.encode(text))
+            return self.initial_state, None
+        logits, state = self.model.eval_sequence(self.tokenizer.encode(text), self.initial_state)
         return state, logits
 
     def _state_path(self, name):
@@ -358,6 +359,7 @@ def parse_args(argv):
                "Ctrl-C at the prompt or Ctrl-D quits.  +help lists the commands.")
     add_model_arguments(parser)
     add_max_tokens_argument(parser, 300, "longest reply")
+    add_initial_state_argument(parser)
     parser.add_argument("--state-dir", default=".", help="folder of +save/+load (default: the current one)")
     parser.add_argument("--user", help="the user's name in turns (default User, or Bob for 20B models)")
     parser.add_argument("--bot", help="the bot's name in turns (default Assistant, or Alice for 20B models)")
@@ -384,8 +386,9 @@ def _start(args, path, stdout, stderr):
         tokenizer = tokenizers.for_model(model, args.tokenizer)
         persona = persona_for(tokenizer.name, args.user, args.bot, _intro_text(args.intro))
         report = (lambda g: _writer(stderr)(timings(g) + "\n")) if args.verbose else None
+        start = None if args.initial_state is None else state_file.initial_state(args.initial_state, model)
         session = ChatSession(model, tokenizer, persona, sampling_from_args(args), args.max_tokens,
-                              args.state_dir, write, error, report=report)
+                              args.state_dir, write, error, start, report=report)
     except BaseException:
         model.close()
         raise

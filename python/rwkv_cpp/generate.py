@@ -2,7 +2,7 @@
 ``rwkv_cpp.generation``, re-exported here)::
 
     python -m rwkv_cpp.generate "The capital of France is" [-m MODEL.gguf] \\
-        [-n N --temp T --top-p P --top-k K --seed S --tokenizer NAME]
+        [-n N --temp T --top-p P --top-k K --seed S --tokenizer NAME] [--initial-state FILE]
 
 The text goes to stdout; a start banner and the speed (prompt and generated
 tokens per second, memory) go to stderr (``-q`` leaves them out).  Ctrl-C
@@ -16,11 +16,12 @@ import argparse
 import os
 import sys
 
-from ._cli import (add_ctx_size_argument, add_max_tokens_argument, add_model_arguments, add_sampling_arguments,
-                   argument_text, banner, cancellable, note_ctx_size, open_model, report_error,
-                   resolve_model_path, sampling_from_args, timings, use_replacing_stdout)
+from ._cli import (add_ctx_size_argument, add_initial_state_argument, add_max_tokens_argument, add_model_arguments,
+                   add_sampling_arguments, argument_text, banner, cancellable, note_ctx_size, open_model,
+                   report_error, resolve_model_path, sampling_from_args, timings, use_replacing_stdout)
 from ._model import Model
 from .errors import RWKVError
+from .state_file import initial_state
 from .generation import STOP_MAX_TOKENS, STOP_STRING, STOP_TOKEN, Generation, generate
 
 __all__ = ["Generation", "generate", "main", "STOP_MAX_TOKENS", "STOP_STRING", "STOP_TOKEN"]
@@ -41,6 +42,7 @@ def parse_args(argv):
                         help="the prompt, as llama.cpp takes it (instead of the positional one)")
     add_model_arguments(parser)
     add_max_tokens_argument(parser, 200)
+    add_initial_state_argument(parser)
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     parser.add_argument("--ignore-eos", action="store_true", help="do not stop at the end-of-text token")
     parser.add_argument("-q", "--quiet", action="store_true", help="no start banner, no speed report")
@@ -84,7 +86,8 @@ def main(argv=None):
         model, seconds = open_model(Model, path, args.threads)
         with model:
             say(banner("rwkv_cpp generate", model, seconds))
-            generation = generate(model, prompt, max_tokens=args.max_tokens, sampling=sampling,
+            state = None if args.initial_state is None else initial_state(args.initial_state, model)
+            generation = generate(model, prompt, max_tokens=args.max_tokens, sampling=sampling, state=state,
                                   tokenizer=args.tokenizer, stop_at_eos=not args.ignore_eos)
             try:
                 _stream(generation, prompt)

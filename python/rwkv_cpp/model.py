@@ -9,15 +9,17 @@ Layers, each importing only those below it::
     _model                    Model (struct rwkv_model) and Context
                               (struct rwkv_context), one class per C object
     sidecar, tokenizers, sampling, _scoring
-    state_file, embedding, generation
-                              functions taking a Model or a Context
+    state_file, embedding, generation, hub
+                              functions taking a Model or a Context; the
+                              Hugging Face Hub
     batching                  the continuous-batching scheduler, generate_many
     llama_compat              llama-cpp-python's calls (create_completion, ...)
-    model                     this module: Model with generate,
-                              generate_many, save_state, load_state, embed
-                              and embed_many methods, and llama-cpp-python's
-                              create_completion (also __call__),
-                              create_chat_completion, tokenize and detokenize
+    model                     this module: Model with from_pretrained,
+                              generate, generate_many, save_state,
+                              load_state, embed and embed_many methods, and
+                              llama-cpp-python's create_completion (also
+                              __call__), create_chat_completion, tokenize
+                              and detokenize
     _cli                      what the command-line programs share
     chat, perplexity, ...     command-line programs
 
@@ -28,7 +30,7 @@ functions (``rwkv_cpp.generation.generate(ctx, ...)``,
 ``rwkv_cpp.embedding.embed(ctx, ...)``) with it.
 """
 
-from . import _model, batching, embedding, llama_compat, state_file
+from . import _model, batching, embedding, hub, llama_compat, state_file
 from ._model import Context, packed_kernels_available, packed_kernels_name
 from .generation import generate as _generate
 
@@ -37,6 +39,21 @@ __all__ = ["Model", "Context", "packed_kernels_available", "packed_kernels_name"
 
 class Model(_model.Model):
     __doc__ = _model.Model.__doc__
+
+    @classmethod
+    def from_pretrained(cls, repo_id, filename=None, *, revision=None, type=None, cache_dir=None,
+                        convert_dir=None, progress=None, **kwargs):
+        """The model ``filename`` (default: the repository's only model file)
+        of the Hugging Face repository ``repo_id``, downloaded through
+        ``huggingface_hub`` or found in its cache (``HF_HUB_OFFLINE=1``:
+        the cache only).  A ``.pth``/``.safetensors`` checkpoint is converted
+        once to ``type`` (default FP16) into a cache beside the hub's; a
+        ``.gguf`` is loaded as it is.  ``kwargs`` go to ``Model``.  Raises
+        ``rwkv_cpp.hub.PretrainedError`` (an OSError) when the repository
+        or file cannot be found."""
+        path = hub.pretrained_path(repo_id, filename, revision=revision, out_type=type, cache_dir=cache_dir,
+                                   convert_dir=convert_dir, progress=progress)
+        return cls(path, **kwargs)
 
     def generate(self, prompt, max_tokens=200, sampling=None, state=None, tokenizer=None, *, logits=None,
                  stop_at_eos=True, temperature=None, top_p=None, top_k=None, stop=None, seed=None):
