@@ -22,7 +22,7 @@ ggml_tensor * data_dependent_mix(const GraphBuilder & b, const LayerV6 & l, int 
     ggml_context * ctx = b.ctx;
     const int64_t E = l.maa_w2->ne[0], T = b.n_tokens;
     ggml_tensor * xxx = b.name(shift_mix(ctx, s.xx, s.x_prev, b.io.seqs, &l.maa_x, 1, MixForm::AddDelta), "att_maa_x", il);
-    ggml_tensor * h = b.name(ggml_mul_mat(ctx, l.maa_w1, xxx), "att_maa_w1", il);
+    ggml_tensor * h = b.matmul(l.maa_w1, xxx, "att_maa_w1", il);
     ggml_tensor * lora = b.name(ggml_tanh(ctx, h), "att_maa_tanh", il);  // [5E, T] = (T, 5, E)
     // (T, 5, E) -> (5, T, E), i.e. ggml [E, T, 5], the batch of the bmm
     ggml_tensor * batch;
@@ -40,9 +40,9 @@ ggml_tensor * data_dependent_mix(const GraphBuilder & b, const LayerV6 & l, int 
 
 // w = t_decay + tanh(wx @ td_w1) @ td_w2   (exp(-exp(w)) is taken in wkv5)
 ggml_tensor * decay_lora(const GraphBuilder & b, const LayerV6 & l, int il, ggml_tensor * wx) {
-    ggml_tensor * h = b.name(ggml_mul_mat(b.ctx, l.decay_w1, wx), "att_decay_w1", il);
+    ggml_tensor * h = b.matmul(l.decay_w1, wx, "att_decay_w1", il);
     ggml_tensor * a = b.name(ggml_tanh(b.ctx, h), "att_decay_tanh", il);
-    ggml_tensor * lora = b.name(ggml_mul_mat(b.ctx, l.decay_w2, a), "att_decay_lora", il);
+    ggml_tensor * lora = b.matmul(l.decay_w2, a, "att_decay_lora", il);
     return b.name(ggml_add(b.ctx, lora, l.decay), "att_decay", il);
 }
 

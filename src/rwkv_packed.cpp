@@ -387,23 +387,113 @@ void packed_compute(ggml_tensor * dst, int ith, int nth, void * userdata) {
 
 }  // namespace
 
-ggml_tensor * packed_mul_mat(ggml_context * ctx, const PackedMatrix & w, ggml_tensor * x) {
+namespace {
+
+// The source of a product node for x f32 [w.cols(), T]: x itself (F16, made
+// contiguous if needed) or the node that quantizes it.
+ggml_tensor * packed_source(ggml_context * ctx, const PackedMatrix & w, ggml_tensor * x, const char * op) {
     if (x->type != GGML_TYPE_F32 || x->ne[0] != w.cols() || x->ne[2] != 1 || x->ne[3] != 1) {
-        fail(RWKV_STATUS_ERROR_UNSUPPORTED, "packed_mul_mat: bad input shape");
+        fail(RWKV_STATUS_ERROR_UNSUPPORTED, "%s: bad input shape", op);
     }
     if (x->nb[0] != sizeof(float) || (!w.quantized() && x->nb[1] != x->ne[0] * sizeof(float))) {
         x = ggml_cont(ctx, x);
     }
-    const int64_t T = x->ne[1];
-    ggml_tensor * src = x;
-    if (w.quantized()) {
-        ggml_tensor * args[] = {x};
-        src = ggml_custom_4d(ctx, GGML_TYPE_I8, static_cast<int64_t>(quantized_column_bytes(w.cols())), T, 1, 1, args,
-                             1, quantize_compute, GGML_N_TASKS_MAX, const_cast<PackedMatrix *>(&w));
+    if (!w.quantized()) {
+        return x;
     }
-    ggml_tensor * args[] = {src};
-    return ggml_custom_4d(ctx, GGML_TYPE_F32, w.rows(), T, 1, 1, args, 1, packed_compute, GGML_N_TASKS_MAX,
+    ggml_tensor * args[] = {x};
+    return ggml_custom_4d(ctx, GGML_TYPE_I8, static_cast<int64_t>(quantized_column_bytes(w.cols())), x->ne[1], 1, 1,
+                          args, 1, quantize_compute, GGML_N_TASKS_MAX, const_cast<PackedMatrix *>(&w));
+}
+
+// What a packed_products node computes; it lives in the graph's context
+// (ggml_new_buffer), so it lasts as long as the graph.
+struct ProductPlan {
+    int n;
+    const PackedMatrix * w[PACKED_PRODUCTS_MAX];
+    PackedAct act[PACKED_PRODUCTS_MAX];
+    int64_t y_offset[PACKED_PRODUCTS_MAX];  // elements before product i's block
+    size_t cost_offset[PACKED_PRODUCTS_MAX + 1];  // weight bytes before product i
+};
+
+size_t group_cost(const PackedMatrix & w) { return w.bytes() / static_cast<size_t>(w.groups()); }
+
+// y = act(y) on rows [r0, r1) of the T columns of y [T][rows].
+void apply_activation(PackedAct act, float * y, int64_t rows, int64_t T, int64_t r0, int64_t r1) {
+    for (int64_t t = 0; t < T; ++t) {
+        float * col = y + t * rows;
+        switch (act) {
+            case PackedAct::NONE: return;
+            case PackedAct::TANH: std::transform(col + r0, col + r1, col + r0, [](float v) { return std::tanh(v); }); break;
+            case PackedAct::SIGMOID: std::transform(col + r0, col + r1, col + r0, ops::sigmoid); break;
+            case PackedAct::RELU_SQ:
+                std::transform(col + r0, col + r1, col + r0, [](float v) { return v > 0.0f ? v * v : 0.0f; });
+                break;
+        }
+    }
+}
+
+// Thread ith takes the weight bytes [c0, c1) of all products together, in
+// whole row groups (a group belongs to the thread where it starts), so the
+// products are one balanced pass over the weights.
+void products_compute(ggml_tensor * dst, int ith, int nth, void * userdata) {
+    const ProductPlan & plan = *static_cast<const ProductPlan *>(userdata);
+    const size_t total = plan.cost_offset[plan.n];
+    const size_t c0 = total * ith / nth, c1 = total * (ith + 1) / nth;
+    const int64_t T = dst->ne[1];
+    for (int i = 0; i < plan.n; ++i) {
+        const PackedMatrix & w = *plan.w[i];
+        const size_t cost = group_cost(w), base = plan.cost_offset[i];
+        auto first_group_at = [&](size_t c) {
+            return c <= base ? int64_t(0) : std::min(w.groups(), static_cast<int64_t>((c - base + cost - 1) / cost));
+        };
+        const int64_t g0 = first_group_at(c0), g1 = first_group_at(c1);
+        if (g0 >= g1) {
+            continue;
+        }
+        float * y = static_cast<float *>(dst->data) + plan.y_offset[i];
+        w.multiply(w.kernels(), dst->src[i]->data, T, y, w.rows(), g0, g1);
+        apply_activation(plan.act[i], y, w.rows(), T, g0 * PACK_ROWS, std::min(w.rows(), g1 * PACK_ROWS));
+    }
+}
+
+}  // namespace
+
+ggml_tensor * packed_mul_mat(ggml_context * ctx, const PackedMatrix & w, ggml_tensor * x) {
+    ggml_tensor * args[] = {packed_source(ctx, w, x, "packed_mul_mat")};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, w.rows(), x->ne[1], 1, 1, args, 1, packed_compute, GGML_N_TASKS_MAX,
                           const_cast<PackedMatrix *>(&w));
+}
+
+ggml_tensor * packed_products(ggml_context * ctx, const PackedProduct * products, int n, ggml_tensor ** blocks) {
+    if (n < 1 || n > PACKED_PRODUCTS_MAX) {
+        fail(RWKV_STATUS_ERROR_UNSUPPORTED, "packed_products: %d products (1 to %d)", n, PACKED_PRODUCTS_MAX);
+    }
+    auto * plan = static_cast<ProductPlan *>(ggml_new_buffer(ctx, sizeof(ProductPlan)));
+    *plan = ProductPlan{};
+    plan->n = n;
+    const int64_t T = products[0].x->ne[1];
+    ggml_tensor * args[PACKED_PRODUCTS_MAX];
+    int64_t rows = 0;
+    for (int i = 0; i < n; ++i) {
+        const PackedMatrix & w = *products[i].w;
+        if (products[i].x->ne[1] != T) {
+            fail(RWKV_STATUS_ERROR_UNSUPPORTED, "packed_products: inputs of different token counts");
+        }
+        args[i] = packed_source(ctx, w, products[i].x, "packed_products");
+        plan->w[i] = &w;
+        plan->act[i] = products[i].act;
+        plan->y_offset[i] = rows * T;
+        plan->cost_offset[i + 1] = plan->cost_offset[i] + w.bytes();
+        rows += w.rows();
+    }
+    ggml_tensor * y = ggml_custom_4d(ctx, GGML_TYPE_F32, rows, T, 1, 1, args, n, products_compute, GGML_N_TASKS_MAX,
+                                     plan);
+    for (int i = 0; i < n; ++i) {
+        const int64_t r = products[i].w->rows();
+        blocks[i] = ggml_view_2d(ctx, y, r, T, r * sizeof(float), plan->y_offset[i] * sizeof(float));
+    }
+    return y;
 }
 
 }  // namespace rwkv

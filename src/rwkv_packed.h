@@ -132,4 +132,28 @@ void quantize_blocks(const float * x, int64_t x_stride, int64_t n_cols, int64_t 
 // the threads, where every thread of the product needs all of it).
 ggml_tensor * packed_mul_mat(ggml_context * ctx, const PackedMatrix & w, ggml_tensor * x);
 
+// What packed_products applies to a product's rows once computed.
+enum class PackedAct { NONE, TANH, SIGMOID, RELU_SQ };  // RELU_SQ: torch.relu(y) ** 2
+
+// One product of packed_products: act(W @ x) for x f32 [W.cols(), T].
+struct PackedProduct {
+    const PackedMatrix * w;
+    ggml_tensor * x;
+    PackedAct act;
+};
+
+// The most products of one packed_products node: its sources (one per
+// product) stay below ggml_custom_4d's GGML_MAX_SRC (10).
+constexpr int PACKED_PRODUCTS_MAX = 8;
+
+// Graph node: y_i = act_i(W_i @ x_i) for n products over the same T tokens
+// (RWKV-7: r, k, v and the LoRA down projections, each from its own mixed
+// input), so that one barrier follows all of them instead of one each.  The
+// threads split the row groups of all products by their bytes.  Returns the
+// node (f32, product i's [rows_i, T] block contiguous at element
+// sum_{j<i} rows_j * T) and sets blocks[i] to a view of block i.  Quantized
+// W_i add a node that quantizes x_i first, as packed_mul_mat does; each
+// block equals packed_mul_mat's result, then act_i.
+ggml_tensor * packed_products(ggml_context * ctx, const PackedProduct * products, int n, ggml_tensor ** blocks);
+
 }  // namespace rwkv

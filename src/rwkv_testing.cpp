@@ -207,6 +207,40 @@ rwkv_status run_op(int op, const rwkv_testing_op_args & a, const std::vector<OpI
     return status;
 }
 
+// rwkv_testing_packed_products once its arguments are checked: the packed
+// matrices (with the kernels of isa), the inputs and one graph node.
+rwkv_status run_packed_products(ggml_type type, int n, const float * const * w, const int64_t * rows,
+                                const int64_t * cols, const float * const * x, const int32_t * act, int64_t T,
+                                PackedIsa isa, int n_threads, float * y) {
+    std::vector<std::unique_ptr<PackedMatrix>> mats;
+    size_t floats = 0;
+    for (int i = 0; i < n; ++i) {
+        std::vector<uint8_t> q(ggml_row_size(type, cols[i]) * rows[i]);
+        ggml_quantize_chunk(type, w[i], q.data(), 0, rows[i], cols[i], nullptr);
+        mats.emplace_back(new PackedMatrix(type, rows[i], cols[i], q.data(), nullptr, {}, isa));
+        floats += static_cast<size_t>((rows[i] + cols[i]) * T) + quantized_column_bytes(cols[i]) * T;
+    }
+    ggml_init_params ip = {floats * sizeof(float) + (4 * PACKED_PRODUCTS_MAX + 8) * ggml_tensor_overhead() +
+                               ggml_graph_overhead() + (1u << 20),
+                           nullptr, false};
+    ggml_context * ctx = ggml_init(ip);
+    if (ctx == nullptr) return RWKV_STATUS_ERROR_ALLOC;
+    PackedProduct products[PACKED_PRODUCTS_MAX];
+    for (int i = 0; i < n; ++i) {
+        ggml_tensor * xi = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, cols[i], T);
+        std::memcpy(xi->data, x[i], ggml_nbytes(xi));
+        products[i] = {mats[i].get(), xi, static_cast<PackedAct>(act[i])};
+    }
+    ggml_tensor * blocks[PACKED_PRODUCTS_MAX];
+    ggml_tensor * out = packed_products(ctx, products, n, blocks);
+    ggml_cgraph * gf = ggml_new_graph(ctx);
+    ggml_build_forward_expand(gf, out);
+    const bool ok = ggml_graph_compute_with_ctx(ctx, gf, n_threads) == GGML_STATUS_SUCCESS;
+    if (ok) std::memcpy(y, out->data, ggml_nbytes(out));
+    ggml_free(ctx);
+    return ok ? RWKV_STATUS_OK : RWKV_STATUS_ERROR_COMPUTE;
+}
+
 }  // namespace
 
 extern "C" {
@@ -256,6 +290,31 @@ rwkv_status rwkv_testing_packed_matmul(int ggml_type_id, const float * w, int64_
         }
         pm.multiply(isa, xin, n_tokens, y, rows, 0, pm.groups());
         return RWKV_STATUS_OK;
+    } catch (const Error & e) {
+        return e.status();
+    } catch (const std::bad_alloc &) {
+        return RWKV_STATUS_ERROR_ALLOC;
+    }
+}
+
+rwkv_status rwkv_testing_packed_products(int ggml_type_id, int n, const float * const * w, const int64_t * rows,
+                                         const int64_t * cols, const float * const * x, const int32_t * act,
+                                         int64_t n_tokens, int kernels, int n_threads, float * y) {
+    const ggml_type type = static_cast<ggml_type>(ggml_type_id);
+    PackedIsa isa = PackedIsa::NONE;
+    if (n < 1 || n > PACKED_PRODUCTS_MAX || w == nullptr || rows == nullptr || cols == nullptr || x == nullptr ||
+        act == nullptr || y == nullptr || n_tokens <= 0 || n_threads < 1 || n_threads > OP_MAX_THREADS ||
+        kernels == RWKV_TESTING_GGML || !packed_isa_of(kernels, isa)) {
+        return RWKV_STATUS_ERROR_INVALID_ARGUMENT;
+    }
+    for (int i = 0; i < n; ++i) {
+        if (w[i] == nullptr || x[i] == nullptr || rows[i] <= 0 || !packable(type, cols[i]) || act[i] < 0 ||
+            act[i] > static_cast<int32_t>(PackedAct::RELU_SQ)) {
+            return RWKV_STATUS_ERROR_INVALID_ARGUMENT;
+        }
+    }
+    try {
+        return run_packed_products(type, n, w, rows, cols, x, act, n_tokens, isa, n_threads, y);
     } catch (const Error & e) {
         return e.status();
     } catch (const std::bad_alloc &) {

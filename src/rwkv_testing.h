@@ -37,6 +37,17 @@ RWKV_API enum rwkv_status rwkv_testing_packed_matmul(int ggml_type, const float 
                                                      const float * x, int64_t n_tokens, int mode, float * y,
                                                      float * w_dequant);
 
+/* packed_products (rwkv_packed.h) of n (1..8) matrices, each quantized to
+ * ggml_type with ggml from w[i] ([rows[i]][cols[i]] floats), on x[i]
+ * ([n_tokens][cols[i]]), activation act[i] (0 none, 1 tanh, 2 sigmoid,
+ * 3 relu squared), as one ggml node computed by n_threads (1..64) threads
+ * with the kernel set `kernels` (not GGML).  y receives the blocks one after
+ * another, block i [n_tokens][rows[i]]. */
+RWKV_API enum rwkv_status rwkv_testing_packed_products(int ggml_type, int n, const float * const * w,
+                                                       const int64_t * rows, const int64_t * cols,
+                                                       const float * const * x, const int32_t * act, int64_t n_tokens,
+                                                       int kernels, int n_threads, float * y);
+
 /* Quantizes n_tokens activation columns of cols floats (the packed kernels'
  * 8-bit activation) with a kernel set other than GGML; out receives
  * n_tokens * rwkv_testing_quantized_column_bytes(cols) bytes. */

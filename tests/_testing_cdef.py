@@ -16,6 +16,11 @@ enum rwkv_status rwkv_testing_packed_matmul(int ggml_type, const float * w, int6
                                                      const float * x, int64_t n_tokens, int mode, float * y,
                                                      float * w_dequant);
 
+enum rwkv_status rwkv_testing_packed_products(int ggml_type, int n, const float * const * w,
+                                                       const int64_t * rows, const int64_t * cols,
+                                                       const float * const * x, const int32_t * act, int64_t n_tokens,
+                                                       int kernels, int n_threads, float * y);
+
 size_t rwkv_testing_quantized_column_bytes(int64_t cols);
 enum rwkv_status rwkv_testing_quantize_activation(const float * x, int64_t cols, int64_t n_tokens,
                                                            int kernels, uint8_t * out);

@@ -272,3 +272,69 @@ def test_environment_override_only_caps(tmp_path, fp32_file, tokens, cap):
     # the same numbers as the parameter asking for those kernels in this process
     with rwkv_cpp.Model(path, n_threads=2, packed_isa=cap) as m:
         assert np.array_equal(np.load(out), m.eval_sequence(tokens, all_logits=True)[0])
+
+
+# -- packed_products: several products (and their activations) in one node --
+
+ACTS = {"none": 0, "tanh": 1, "sigmoid": 2, "relu_sq": 3}
+# (rows, cols) per product: partial groups, different widths (the threads
+# split the products' bytes, so a boundary falls inside some of them)
+PRODUCT_SHAPES = [(20, 64), (48, 96), (7, 32), (33, 128)]
+
+
+def _products(kind, ws, xs, acts, mode, threads):
+    n, T = len(ws), xs[0].shape[0]
+    rows = [w.shape[0] for w in ws]
+    y = np.zeros(T * sum(rows), np.float32)
+    keep = [np.ascontiguousarray(a) for a in ws + xs]
+    status = _lib.rwkv_testing_packed_products(
+        GGML_TYPES[kind], n, [_ptr(a) for a in keep[:n]], rows, [w.shape[1] for w in ws],
+        [_ptr(a) for a in keep[n:]], acts, T, mode, threads, _ptr(y))
+    assert status == 0
+    out, at = [], 0
+    for r in rows:
+        out.append(y[at:at + T * r].reshape(T, r))
+        at += T * r
+    return out
+
+
+def _activate(name, y):
+    y = y.astype(np.float64)
+    return {"none": y, "tanh": np.tanh(y), "sigmoid": 1.0 / (1.0 + np.exp(-y)),
+            "relu_sq": np.maximum(y, 0.0) ** 2}[name]
+
+
+@pytest.mark.parametrize("mode", [pytest.param(REFERENCE, id="reference")] + SIMD_SETS)
+@pytest.mark.parametrize("kind", ["F16", "Q8_0", "Q5_1", "Q4_0"])
+@pytest.mark.parametrize("tokens", [1, 5])
+def test_packed_products_equal_single_products(mode, kind, tokens):
+    """Each block is the single packed product of its matrix (same kernels:
+    the same bits) with its activation (float64 of that product, 1e-6
+    relative: float32 tanh/exp), and no thread count changes a bit."""
+    names = list(ACTS)
+    ws, xs = [], []
+    for i, (rows, cols) in enumerate(PRODUCT_SHAPES):
+        w, x = _case(rows, cols, tokens, seed=100 + 10 * i + tokens)
+        ws.append(w)
+        xs.append(x)
+    acts = [ACTS[names[i % len(names)]] for i in range(len(ws))]
+    one = _products(kind, ws, xs, acts, mode, 1)
+    for threads in (2, 3, 5):
+        for a, b in zip(one, _products(kind, ws, xs, acts, mode, threads)):
+            assert np.array_equal(a, b)
+    for i, (w, x) in enumerate(zip(ws, xs)):
+        expected = _activate(names[i % len(names)], _matmul(kind, w, x, mode))
+        scale = max(float(np.abs(expected).max()), 1e-30)
+        assert float(np.abs(one[i] - expected).max()) <= 1e-6 * scale, names[i % len(names)]
+
+
+def test_packed_products_bad_arguments_are_refused():
+    w, x = _case(16, 32, 1, seed=1)
+    y = np.zeros(16, np.float32)
+    args = lambda n, act, mode, threads: _lib.rwkv_testing_packed_products(  # noqa: E731
+        GGML_TYPES["F16"], n, [_ptr(w)] * max(n, 1), [16] * max(n, 1), [32] * max(n, 1), [_ptr(x)] * max(n, 1),
+        [act] * max(n, 1), 1, mode, threads, _ptr(y))
+    assert args(1, 0, REFERENCE, 1) == 0
+    for bad in (args(0, 0, REFERENCE, 1), args(9, 0, REFERENCE, 1), args(1, 4, REFERENCE, 1),
+                args(1, -1, REFERENCE, 1), args(1, 0, GGML, 1), args(1, 0, REFERENCE, 0)):
+        assert bad != 0
