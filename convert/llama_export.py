@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Optional
 
 from .checkpoint import open_checkpoint
-from .convert import resolve_output_type, write_tensors
+from .convert import write_tensors
 from .errors import ConvertError, naming_file
 from .gguf_writer import GGUFWriter
 from .hf_layout import hf_to_official
@@ -18,6 +18,7 @@ from .keys import normalize_tensors
 from .llama_gguf import LAYER_RULES, add_llama_metadata, plan_llama, read_world_vocab
 from .model import check_wkv_tensors, detect_version, infer_wkv_params
 from .output import ConvertSummary, ProgressFn, write_file_atomically
+from .storage import OUTPUT_TYPES
 from .tensors import Checkpoint
 
 
@@ -37,6 +38,19 @@ def export_llama_file(src: str, dst: str, world_vocab: str, out_type: Optional[s
     src, dst = str(src), str(dst)
     with naming_file(src), open_checkpoint(src) as ckpt:
         return export_llama_checkpoint(ckpt, dst, world_vocab, out_type or "FP32", progress)
+
+
+#: the types of llama.cpp files written here (quantize them with llama-quantize).
+LLAMA_OUTPUT_TYPES = ("FP32", "FP16")
+
+
+def resolve_output_type(out_type: str):
+    """'fp32'/'FP16' -> ('FP32', file_type, matrix ggml type)."""
+    key = str(out_type).upper()
+    if key not in LLAMA_OUTPUT_TYPES:
+        raise ConvertError(f"--layout llama.cpp writes FP32 or FP16, not {out_type!r} "
+                           "(quantize the result with llama.cpp's llama-quantize)")
+    return (key,) + OUTPUT_TYPES[key]
 
 
 def export_llama_checkpoint(ckpt: Checkpoint, dst: str, world_vocab: str, out_type: str = "FP32",

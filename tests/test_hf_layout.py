@@ -101,9 +101,9 @@ def _logits(path):
 
 def test_logits_equal_the_official_conversion(hf_model, tmp_path):
     version, sd, folder = hf_model
-    summary = convert_file(str(folder), str(tmp_path / "hf.gguf"))
+    summary = convert_file(str(folder), str(tmp_path / "hf.gguf"), "FP32")
     assert summary.version == version and summary.source_format == "hf_folder"
-    convert_state_dict(sd, str(tmp_path / "official.gguf"))
+    convert_state_dict(sd, str(tmp_path / "official.gguf"), "FP32")
     diff = np.abs(_logits(tmp_path / "hf.gguf") - _logits(tmp_path / "official.gguf")).max()
     assert diff <= PARITY_TOL
 

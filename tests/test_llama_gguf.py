@@ -108,8 +108,8 @@ def test_logits_match_llama_cpp(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_convert_command_reads_a_llama_file(name, tmp_path, ours):
     out = tmp_path / "ours.gguf"
-    proc = subprocess.run([sys.executable, "-m", "rwkv_cpp.convert", str(DATA / f"{name}-tiny.gguf"), str(out)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "rwkv_cpp.convert", str(DATA / f"{name}-tiny.gguf"), str(out),
+                           "--type", "FP32"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert np.abs(_logits(out) - _logits(ours[name])).max() <= SAME_MODEL_TOL
 
