@@ -84,12 +84,18 @@ rm -rf "$ROOT$SITE/rwkv_cpp" "$ROOT/opt/src"
 cmake --install "$BUILD" --prefix "$ROOT$SITE" > /dev/null
 cp -r python/rwkv_cpp/. "$ROOT$SITE/rwkv_cpp/"
 cp -r convert "$ROOT$SITE/rwkv_cpp/convert"
-mkdir -p "$ROOT/opt/src"
-cp -r tests pyproject.toml "$ROOT/opt/src/"
+mkdir -p "$ROOT/opt/src" "$ROOT/opt/shared"
+cp -r tests demo pyproject.toml "$ROOT/opt/src/"
+if [ -d ../shared ]; then  # the shared data folder, ../shared beside the checkout
+    mount --bind -o ro "$(realpath ../shared)" "$ROOT/opt/shared"
+    mounted+=("$ROOT/opt/shared")
+fi
 
+# Emulation is far slower than the machine the per-test limit of
+# pyproject.toml (120 s) is set for: the largest sequence test needs more.
 step "running ${SUITES[*]} under qemu-aarch64"
 chroot "$ROOT" /bin/sh -c "cd /opt/src && /opt/venv/bin/python -c '
 import platform, rwkv_cpp, rwkv_cpp._lib as l
 print(\"aarch64_check:\", platform.machine(), l._library_path(), \"packed kernels:\", rwkv_cpp.packed_kernels_name())'
-/opt/venv/bin/python -m pytest -q -p no:cacheprovider ${SUITES[*]}"
+/opt/venv/bin/python -m pytest -q -p no:cacheprovider --timeout=900 ${SUITES[*]}"
 step "done"
