@@ -29,5 +29,12 @@ find_package(ggml 0.20 CONFIG REQUIRED
 message(STATUS "rwkv_cpp: ggml ${ggml_VERSION} from ${RWKV_GGML_PREFIX}")
 
 # The installed library sits in site-packages/rwkv_cpp; ggml in
-# site-packages/libggml/{lib64,lib}.
-set(RWKV_GGML_RPATH "$ORIGIN/../libggml/lib64;$ORIGIN/../libggml/lib")
+# site-packages/libggml/{lib64,lib} (Linux), libggml/lib (macOS).  Windows has
+# no RPATH: python/rwkv_cpp/_lib.py adds ggml's DLL folders to the search path.
+if(APPLE)
+    set(RWKV_GGML_RPATH "@loader_path/../libggml/lib")
+elseif(WIN32)
+    set(RWKV_GGML_RPATH "")
+else()
+    set(RWKV_GGML_RPATH "$ORIGIN/../libggml/lib64;$ORIGIN/../libggml/lib")
+endif()

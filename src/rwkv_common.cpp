@@ -1,7 +1,12 @@
 #include "rwkv_common.h"
 
 #include <cstdio>
+#include <cstdlib>
 #include <vector>
+
+#ifdef _WIN32
+#    include <malloc.h>
+#endif
 
 namespace rwkv {
 
@@ -93,6 +98,23 @@ uint64_t checked_mul(uint64_t a, uint64_t b, const char * what) {
              static_cast<unsigned long long>(a), static_cast<unsigned long long>(b));
     }
     return a * b;
+}
+
+void * aligned_malloc(size_t alignment, size_t size) {
+    const size_t rounded = (size + alignment - 1) / alignment * alignment;
+#ifdef _WIN32
+    return _aligned_malloc(rounded, alignment);
+#else
+    return std::aligned_alloc(alignment, rounded);
+#endif
+}
+
+void aligned_free(void * p) {
+#ifdef _WIN32
+    _aligned_free(p);
+#else
+    std::free(p);
+#endif
 }
 
 }  // namespace rwkv

@@ -24,7 +24,9 @@ private:
     rwkv_status status_;
 };
 
-#if defined(__GNUC__)
+#if defined(__MINGW32__)  // its "printf" means Microsoft's, without %zu; format() uses C99's
+#    define RWKV_PRINTF_LIKE(fmt, args) __attribute__((format(gnu_printf, fmt, args)))
+#elif defined(__GNUC__)
 #    define RWKV_PRINTF_LIKE(fmt, args) __attribute__((format(printf, fmt, args)))
 #else
 #    define RWKV_PRINTF_LIKE(fmt, args)
@@ -65,5 +67,12 @@ const char * type_name(rwkv_type type);
 
 // a * b, failing instead of wrapping around (sizes read from files).
 uint64_t checked_mul(uint64_t a, uint64_t b, const char * what);
+
+// Memory aligned to `alignment` (a power of two), size rounded up to a
+// multiple of it; null when out of memory.  Freed with aligned_free only
+// (Windows' CRT has no std::aligned_alloc, and its aligned blocks need
+// _aligned_free).
+void * aligned_malloc(size_t alignment, size_t size);
+void aligned_free(void * p);
 
 }  // namespace rwkv

@@ -3,15 +3,26 @@
 #include "ggml.h"
 #include "gguf.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
+#ifdef _WIN32
+#    ifndef NOMINMAX
+#        define NOMINMAX
+#    endif
+#    ifndef WIN32_LEAN_AND_MEAN
+#        define WIN32_LEAN_AND_MEAN
+#    endif
+#    include <windows.h>
+#else
+#    include <fcntl.h>
+#    include <sys/mman.h>
+#    include <sys/stat.h>
+#    include <unistd.h>
+#endif
 
 namespace rwkv {
 
@@ -19,20 +30,140 @@ namespace {
 
 constexpr size_t BUFFER_ALIGNMENT = 64;  // >= ggml's tensor alignment (32)
 
-// Closes a file descriptor on scope exit.
-struct FdGuard {
-    int fd;
-    ~FdGuard() {
+// The operating system's side of reading a model file, one implementation
+// per platform: open read-only (refusing what is not a regular file), the
+// size, a read-only shared mapping (null if the file system cannot map), a
+// whole read, unmapping, and dropping mapped pages from resident memory.
+#ifdef _WIN32
+
+// The last Win32 error as text (FormatMessage, without the trailing newline).
+std::string last_os_error() {
+    const DWORD code = GetLastError();
+    char buf[256];
+    DWORD n = FormatMessageA(FORMAT_MESSAGE_FROM_SYSTEM | FORMAT_MESSAGE_IGNORE_INSERTS, nullptr, code, 0, buf,
+                             sizeof buf, nullptr);
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' || buf[n - 1] == '.')) {
+        --n;
+    }
+    return n > 0 ? std::string(buf, n) : format("Windows error %lu", static_cast<unsigned long>(code));
+}
+
+// The API's paths are UTF-8; Windows' file functions take UTF-16.
+std::wstring widen(const std::string & path) {
+    const int n = MultiByteToWideChar(CP_UTF8, 0, path.data(), static_cast<int>(path.size()), nullptr, 0);
+    std::wstring w(n > 0 ? static_cast<size_t>(n) : 0, L'\0');
+    if (n > 0) {
+        MultiByteToWideChar(CP_UTF8, 0, path.data(), static_cast<int>(path.size()), &w[0], n);
+    }
+    return w;
+}
+
+struct OsFile {
+    HANDLE handle = INVALID_HANDLE_VALUE;
+    ~OsFile() {
+        if (handle != INVALID_HANDLE_VALUE) {
+            CloseHandle(handle);
+        }
+    }
+};
+
+// Opens `path` for reading into `file`; returns its size.
+size_t os_open(const std::string & path, OsFile & file) {
+    const std::wstring wpath = widen(path);
+    const DWORD attributes = GetFileAttributesW(wpath.c_str());
+    if (attributes != INVALID_FILE_ATTRIBUTES && (attributes & FILE_ATTRIBUTE_DIRECTORY) != 0) {
+        fail(RWKV_STATUS_ERROR_IO, "'%s' is not a regular file", path.c_str());
+    }
+    file.handle = CreateFileW(wpath.c_str(), GENERIC_READ, FILE_SHARE_READ, nullptr, OPEN_EXISTING,
+                              FILE_ATTRIBUTE_NORMAL, nullptr);
+    if (file.handle == INVALID_HANDLE_VALUE) {
+        fail(RWKV_STATUS_ERROR_IO, "cannot open '%s': %s", path.c_str(), last_os_error().c_str());
+    }
+    if (GetFileType(file.handle) != FILE_TYPE_DISK) {
+        fail(RWKV_STATUS_ERROR_IO, "'%s' is not a regular file", path.c_str());
+    }
+    LARGE_INTEGER size;
+    if (!GetFileSizeEx(file.handle, &size)) {
+        fail(RWKV_STATUS_ERROR_IO, "cannot stat '%s': %s", path.c_str(), last_os_error().c_str());
+    }
+    return static_cast<size_t>(size.QuadPart);
+}
+
+uint8_t * os_map(OsFile & file, size_t size) {
+    HANDLE mapping = CreateFileMappingW(file.handle, nullptr, PAGE_READONLY, 0, 0, nullptr);
+    if (mapping == nullptr) {
+        return nullptr;
+    }
+    void * p = MapViewOfFile(mapping, FILE_MAP_READ, 0, 0, size);
+    CloseHandle(mapping);  // the view keeps the mapping object alive
+    return static_cast<uint8_t *>(p);
+}
+
+void os_unmap(uint8_t * p, size_t size) { UnmapViewOfFile(p); }
+
+bool os_read_all(OsFile & file, uint8_t * dst, size_t size) {
+    size_t done = 0;
+    while (done < size) {
+        const DWORD chunk = static_cast<DWORD>(std::min<size_t>(size - done, 1u << 30));  // ReadFile: 32-bit counts
+        DWORD n = 0;
+        if (!ReadFile(file.handle, dst + done, chunk, &n, nullptr) || n == 0) {
+            return false;
+        }
+        done += n;
+    }
+    return true;
+}
+
+size_t os_page_size() {
+    SYSTEM_INFO info;
+    GetSystemInfo(&info);
+    return info.dwPageSize;
+}
+
+// VirtualUnlock on pages that are not locked removes them from the working
+// set: Windows' counterpart of madvise(MADV_DONTNEED) on a read-only view.
+void os_drop_pages(void * p, size_t n) { VirtualUnlock(p, n); }
+
+#else  // POSIX
+
+std::string last_os_error() { return std::strerror(errno); }
+
+struct OsFile {
+    int fd = -1;
+    ~OsFile() {
         if (fd >= 0) {
             close(fd);
         }
     }
 };
 
-bool read_all(int fd, uint8_t * dst, size_t size) {
+// Opens `path` for reading into `file`; returns its size.
+size_t os_open(const std::string & path, OsFile & file) {
+    file.fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (file.fd < 0) {
+        fail(RWKV_STATUS_ERROR_IO, "cannot open '%s': %s", path.c_str(), last_os_error().c_str());
+    }
+    struct stat st;
+    if (fstat(file.fd, &st) != 0) {
+        fail(RWKV_STATUS_ERROR_IO, "cannot stat '%s': %s", path.c_str(), last_os_error().c_str());
+    }
+    if (!S_ISREG(st.st_mode)) {
+        fail(RWKV_STATUS_ERROR_IO, "'%s' is not a regular file", path.c_str());
+    }
+    return static_cast<size_t>(st.st_size);
+}
+
+uint8_t * os_map(OsFile & file, size_t size) {
+    void * p = mmap(nullptr, size, PROT_READ, MAP_SHARED, file.fd, 0);
+    return p == MAP_FAILED ? nullptr : static_cast<uint8_t *>(p);
+}
+
+void os_unmap(uint8_t * p, size_t size) { munmap(p, size); }
+
+bool os_read_all(OsFile & file, uint8_t * dst, size_t size) {
     size_t done = 0;
     while (done < size) {
-        const ssize_t n = read(fd, dst + done, size - done);
+        const ssize_t n = read(file.fd, dst + done, size - done);
         if (n < 0 && errno == EINTR) {
             continue;
         }
@@ -43,6 +174,12 @@ bool read_all(int fd, uint8_t * dst, size_t size) {
     }
     return true;
 }
+
+size_t os_page_size() { return static_cast<size_t>(sysconf(_SC_PAGESIZE)); }
+
+void os_drop_pages(void * p, size_t n) { madvise(p, n, MADV_DONTNEED); }
+
+#endif
 
 // ggml reports GGUF parse errors through its global log callback.  While we
 // parse, route them into a string so that they become our error message
@@ -78,38 +215,27 @@ struct GgmlLogCapture {
 }  // namespace
 
 std::unique_ptr<FileData> FileData::open(const std::string & path, bool use_mmap) {
-    FdGuard fd{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
-    if (fd.fd < 0) {
-        fail(RWKV_STATUS_ERROR_IO, "cannot open '%s': %s", path.c_str(), std::strerror(errno));
-    }
-    struct stat st;
-    if (fstat(fd.fd, &st) != 0) {
-        fail(RWKV_STATUS_ERROR_IO, "cannot stat '%s': %s", path.c_str(), std::strerror(errno));
-    }
-    if (!S_ISREG(st.st_mode)) {
-        fail(RWKV_STATUS_ERROR_IO, "'%s' is not a regular file", path.c_str());
-    }
+    OsFile file;
+    const size_t size = os_open(path, file);
     std::unique_ptr<FileData> f(new FileData());
-    f->size_ = static_cast<size_t>(st.st_size);
+    f->size_ = size;
     if (f->size_ == 0) {
         fail(RWKV_STATUS_ERROR_FILE_FORMAT, "'%s' is empty", path.c_str());
     }
     if (use_mmap) {
-        void * p = mmap(nullptr, f->size_, PROT_READ, MAP_SHARED, fd.fd, 0);
-        if (p != MAP_FAILED) {
-            f->data_ = static_cast<uint8_t *>(p);
+        f->data_ = os_map(file, f->size_);
+        if (f->data_ != nullptr) {
             f->mapped_ = true;
             return f;
         }
         // Fall through to reading (some file systems cannot map).
     }
-    const size_t padded = (f->size_ + BUFFER_ALIGNMENT - 1) / BUFFER_ALIGNMENT * BUFFER_ALIGNMENT;
-    f->data_ = static_cast<uint8_t *>(std::aligned_alloc(BUFFER_ALIGNMENT, padded));
+    f->data_ = static_cast<uint8_t *>(aligned_malloc(BUFFER_ALIGNMENT, f->size_));
     if (f->data_ == nullptr) {
         fail(RWKV_STATUS_ERROR_ALLOC, "cannot allocate %zu bytes to read '%s'", f->size_, path.c_str());
     }
-    if (!read_all(fd.fd, f->data_, f->size_)) {
-        fail(RWKV_STATUS_ERROR_IO, "cannot read '%s': %s", path.c_str(), std::strerror(errno));
+    if (!os_read_all(file, f->data_, f->size_)) {
+        fail(RWKV_STATUS_ERROR_IO, "cannot read '%s': %s", path.c_str(), last_os_error().c_str());
     }
     return f;
 }
@@ -118,11 +244,11 @@ void FileData::drop_pages(const uint8_t * p, size_t n) const {
     if (!mapped_ || n == 0) {
         return;
     }
-    const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+    const uintptr_t page = static_cast<uintptr_t>(os_page_size());
     const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + page - 1) / page * page;
     const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + n) / page * page;
     if (end > begin) {
-        madvise(reinterpret_cast<void *>(begin), end - begin, MADV_DONTNEED);  // advisory: failure is harmless
+        os_drop_pages(reinterpret_cast<void *>(begin), end - begin);  // advisory: failure is harmless
     }
 }
 
@@ -131,9 +257,9 @@ FileData::~FileData() {
         return;
     }
     if (mapped_) {
-        munmap(data_, size_);
+        os_unmap(data_, size_);
     } else {
-        std::free(data_);
+        aligned_free(data_);
     }
 }
 

@@ -194,7 +194,7 @@ size_t group_layout(ggml_type type, int64_t n_cols, PackedMatrix::Layout & lay) 
 constexpr int64_t RELEASE_GROUPS = 64;  // source rows handed back per release call: 1024
 
 uint8_t * allocate(size_t bytes) {
-    return static_cast<uint8_t *>(std::aligned_alloc(ALIGN, round_up(std::max<size_t>(bytes, 1), ALIGN)));
+    return static_cast<uint8_t *>(aligned_malloc(ALIGN, std::max<size_t>(bytes, 1)));
 }
 
 }  // namespace
@@ -232,7 +232,7 @@ bool packable(ggml_type type, int64_t n_cols) {
     }
 }
 
-void PackedFree::operator()(uint8_t * p) const { std::free(p); }
+void PackedFree::operator()(uint8_t * p) const { aligned_free(p); }
 
 PackedBuffer allocate_packed(size_t bytes) { return PackedBuffer(allocate(bytes)); }
 

@@ -17,11 +17,41 @@
 #include <thread>
 #include <vector>
 
-#include <unistd.h>
+#ifdef _WIN32
+#    ifndef NOMINMAX
+#        define NOMINMAX
+#    endif
+#    ifndef WIN32_LEAN_AND_MEAN
+#        define WIN32_LEAN_AND_MEAN
+#    endif
+#    include <io.h>
+#    include <windows.h>
+#else
+#    include <unistd.h>
+#endif
 
 namespace rwkv {
 
 namespace {
+
+// Flushes a stream's written data to the disk (fsync; _commit on Windows).
+bool sync_to_disk(FILE * f) {
+#ifdef _WIN32
+    return _commit(_fileno(f)) == 0;
+#else
+    return fsync(fileno(f)) == 0;
+#endif
+}
+
+// Moves `from` onto `to`, replacing `to` if it exists (Windows' rename
+// refuses an existing target; MoveFileEx replaces it).
+bool replace_file(const std::string & from, const std::string & to) {
+#ifdef _WIN32
+    return MoveFileExA(from.c_str(), to.c_str(), MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH) != 0;
+#else
+    return std::rename(from.c_str(), to.c_str()) == 0;
+#endif
+}
 
 constexpr size_t CHUNK_FLOATS = size_t(4) << 20;  // rows converted at a time: about 16 MiB of f32
 
@@ -69,10 +99,10 @@ public:
         }
     }
     void commit() {
-        const bool ok = std::fflush(f_) == 0 && fsync(fileno(f_)) == 0;
+        const bool ok = std::fflush(f_) == 0 && sync_to_disk(f_);
         const bool closed = std::fclose(f_) == 0;
         f_ = nullptr;
-        if (!ok || !closed || std::rename(tmp_.c_str(), path_.c_str()) != 0) {
+        if (!ok || !closed || !replace_file(tmp_, path_)) {
             std::remove(tmp_.c_str());
             fail(RWKV_STATUS_ERROR_IO, "cannot write '%s': %s", path_.c_str(), std::strerror(errno));
         }
