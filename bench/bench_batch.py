@@ -5,7 +5,7 @@ peak memory, for random-weight RWKV-4 169M and 1.5B and RWKV-7 169M models.
 
     python -m bench.bench_batch [--models rwkv4-169m rwkv4-1.5b rwkv7-169m] [--types Q4_0 Q5_1 FP16]
         [--batches 1 2 4 8 16 32] [--threads 2] [--procs 1] [--decode-steps 16]
-        [--llama-batched-bench BIN --llama-model rwkv7-169m=MODEL.gguf] [--smoke]
+        [--peers [--peers-cache DIR]] [--smoke]
 
 Method:
 1. models: RWKV-4 from bench.harness.rwkv4_files, RWKV-7 169M (L12 D768
@@ -25,18 +25,18 @@ Method:
 4. peak RSS (VmHWM) of the worker beside the file size and the state size
    (the expected peak: weights once + B states + graph buffers).
 
-llama.cpp's own batched decoding (``llama-batched-bench``) fills the last
-column when --llama-batched-bench names its binary and --llama-model gives
-the llama.cpp GGUF of a model (NAME=PATH, repeatable): its S_TG t/s at each
-batch size (-npp 128 -ntg --decode-steps -npl the batch sizes); "-" without.
+llama.cpp's own batched decoding (``llama-batched-bench``, llama.cpp as
+built by ``python -m bench.bench_peers``) fills the last column with --peers,
+for RWKV-7 (llama.cpp has no RWKV-4): its aggregate decode tokens/s at each
+batch size (B sequences of 128 prompt tokens, --decode-steps generated) on
+llama.cpp's own conversion of the same weights and type; "-" otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
-import subprocess
+import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -88,23 +88,23 @@ def model_files(name: str, types) -> Dict[str, Path]:
     return rwkv7_files(shape, types)
 
 
-def llama_batched(args, name: str) -> Dict[int, float]:
-    """{batch: S_TG t/s} of llama-batched-bench on the llama.cpp GGUF given
-    for ``name`` by --llama-model, {} when not asked."""
-    model = dict(m.split("=", 1) for m in args.llama_model).get(name)
-    if not args.llama_batched_bench or not model:
+#: our batch models that bench.bench_peers also makes for llama.cpp (same generator, seed and shape).
+PEER_MODELS = {"rwkv7-169m": "rwkv7-0.1b"}
+
+
+def llama_batched(args, llama, name: str, t: str) -> Dict[int, float]:
+    """{batch: aggregate decode tok/s} of llama-batched-bench on llama.cpp's
+    conversion of the same model and type, {} without --peers or for a
+    model llama.cpp does not run (RWKV-4)."""
+    if llama is None or name not in PEER_MODELS:
         return {}
-    cmd = [args.llama_batched_bench, "-m", model, "-t", str(args.threads), "-npp", str(PREFILL),
-           "-ntg", str(args.decode_steps), "-npl", ",".join(map(str, args.batches)),
-           "-c", str((PREFILL + args.decode_steps) * max(args.batches))]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    speeds = {}
-    # | PP | TG | B | N_KV | T_PP s | S_PP t/s | T_TG s | S_TG t/s | T s | S t/s |
-    for line in out.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 10 and re.fullmatch(r"\d+", cells[2]):
-            speeds[int(cells[2])] = float(cells[7])
-    return speeds
+    from .bench_peers import peer_files, random_state_dict
+    from .peers import llamacpp
+
+    peer = PEER_MODELS[name]
+    path = peer_files(llama, peer, [t], lambda: random_state_dict(peer))[t]
+    rows = llamacpp.batched_bench(llama, path, args.threads, args.batches, PREFILL, args.decode_steps)
+    return {r["batch"]: r["decode_tps"] for r in rows}
 
 
 def measure(name: str, t: str, path: Path, args) -> List[dict]:
@@ -142,9 +142,10 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--procs", type=int, default=1, help="worker processes per (model, type)")
     ap.add_argument("--decode-steps", type=int, default=16, help="timed steps per batch size")
-    ap.add_argument("--llama-batched-bench", help="llama.cpp's llama-batched-bench binary (optional)")
-    ap.add_argument("--llama-model", action="append", default=[],
-                    help="NAME=PATH: the llama.cpp GGUF of model NAME for --llama-batched-bench")
+    ap.add_argument("--peers", action="store_true",
+                    help="also run llama.cpp's llama-batched-bench on the same RWKV-7 model and type (llama.cpp "
+                         "as built by python -m bench.bench_peers; skipped with a note when it is not built)")
+    ap.add_argument("--peers-cache", default=None, help="the peers' cache folder (see bench.bench_peers)")
     ap.add_argument("--smoke", action="store_true", help="tiny models, few steps: checks the bench runs")
     ap.add_argument("--cache-dir", default=None,
                     help="where models are generated and kept (default: bench/cache)")
@@ -158,17 +159,30 @@ def parse_args(argv=None):
     return args
 
 
+def peer_llama(args):
+    """The built llama.cpp for --peers, or None (with a note when asked but unavailable)."""
+    if not args.peers:
+        return None
+    from .peers import llamacpp
+
+    try:
+        return llamacpp.ensure(args.peers_cache, allow_build=False)
+    except llamacpp.Unavailable as exc:
+        print("no llama.cpp column: %s" % exc, file=sys.stderr)
+        return None
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     print("bench_batch: " + machine_line(args.threads))
     header = ["model", "type", "batch", "step ms", "tokens/s", "x batch 1", "prefill %d tok/s" % PREFILL,
               "% prefill", "peak RSS MiB", "weights + B x state MiB", "llama.cpp tok/s"]
     table: List[List[object]] = []
+    llama = peer_llama(args)
     for name in args.models:
         files = model_files(name, args.types)
-        llama = llama_batched(args, name)
         for t in args.types:
-            table += list(rows(name, t, measure(name, t, files[t], args), args, llama))
+            table += list(rows(name, t, measure(name, t, files[t], args), args, llama_batched(args, llama, name, t)))
     print_table(header, table)
 
 
