@@ -54,3 +54,10 @@ def wait_ready(url, timeout):
         if time.monotonic() > deadline:
             raise TimeoutError("the server at %s was not ready after %g s" % (url, timeout))
         time.sleep(0.05)
+
+
+try:  # TEMPORARY until rwkv_cpp.batching lands: None means the engine's own Scheduler
+    import rwkv_cpp.batching  # noqa: F401
+    SCHEDULER = None
+except ImportError:
+    from _scheduler_standin import Scheduler as SCHEDULER

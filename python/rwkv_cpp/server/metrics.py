@@ -16,8 +16,8 @@ class Metrics:
 
     def __init__(self):
         r = self.registry = CollectorRegistry()
-        self.requests = Counter("rwkv_requests", "HTTP requests answered, by endpoint and status",
-                                ["endpoint", "status"], registry=r)
+        self.requests = Counter("rwkv_requests", "HTTP requests answered, by path and status",
+                                ["path", "status"], registry=r)
         self.prompt_tokens = Counter("rwkv_prompt_tokens", "prompt tokens of finished requests", registry=r)
         self.cached_tokens = Counter("rwkv_prompt_tokens_cached",
                                      "prompt tokens taken from the prompt-state cache (not prefilled)", registry=r)
