@@ -129,7 +129,7 @@ def fuzz_server():
             yield web, engine
 
 
-@settings(max_examples=120, deadline=None, database=None, derandomize=True,
+@settings(max_examples=80, deadline=None, database=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(request=REQUESTS)
 def test_fuzzed_requests_never_get_a_5xx(fuzz_server, request):
