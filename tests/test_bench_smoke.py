@@ -42,3 +42,15 @@ def test_speed_bench_compares_library_builds(tmp_path):
         assert sum(l.startswith("| smoke | FP16 | ggml | %s | " % build) for l in lines) == 2, lines
     assert any(l.startswith("| model | type | kernels | build | decode ms/token (min-max) | time vs old |")
                for l in lines), lines
+
+
+@pytest.mark.timeout(300)
+def test_server_bench_smoke(tmp_path):
+    """bench.bench_server --smoke: 4 streaming clients against the server;
+    it exits non-zero on any lost or corrupted stream."""
+    pytest.importorskip("starlette")
+    lines = run_bench(tmp_path, "bench.bench_server", "--smoke")
+    rows = {l.split("|")[1].strip(): [c.strip() for c in l.split("|")[2:-1]] for l in lines
+            if l.startswith("| solo |") or l.startswith("| load |")}
+    assert rows["load"][0] == "4" and rows["load"][2:4] == ["0", "0"], lines
+    assert int(rows["load"][1]) >= 4 and float(rows["load"][4]) > 0

@@ -92,11 +92,22 @@ def main(argv=None):
                           max_batch=args.max_batch, max_queue=args.max_queue, state_cache_mb=args.state_cache_mb,
                           tokenizer=args.tokenizer, embed_stats=args.embed_stats, template=template,
                           limits=Limits(max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens_limit))
-    engine = Engine(config, Metrics())
+    failed = []
+
+    def stop_serving(message):  # the model did not load: nothing to serve
+        failed.append(message)
+        server.should_exit = True
+
+    engine = Engine(config, Metrics(), on_load_error=stop_serving)
     app = create_app(engine, api_key=args.api_key, cors_origins=args.cors, max_body_bytes=args.max_body_bytes)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s: %(message)s")
-    print("serving %s as %r on http://%s:%d/v1" % (model_path, config.served_name, args.host, args.port), flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                           timeout_graceful_shutdown=5))
+    print("serving %s as %r on http://%s:%d/v1 (GET /health says when the model is loaded)"
+          % (model_path, config.served_name, args.host, args.port), flush=True)
+    server.run()
+    if failed:
+        sys.exit("error: %s: %s" % (model_path, failed[0]))
 
 
 if __name__ == "__main__":

@@ -96,8 +96,11 @@ class Ticket:
 class Engine:
     """The scheduler thread and what it owns (see the module docstring)."""
 
-    def __init__(self, config, metrics, scheduler_class=None):
+    def __init__(self, config, metrics, scheduler_class=None, on_load_error=None):
+        """``on_load_error(message)``: called (from the thread) when the
+        model does not load; the program exits then."""
         self.config = config
+        self._on_load_error = on_load_error
         self.metrics = metrics
         self.status = "loading"  # then "ready", or "failed" with load_error set
         self.load_error = None
@@ -150,6 +153,8 @@ class Engine:
             self.load_error = "%s: %s" % (type(exc).__name__, exc)
             self.status = "failed"
             log.error("the model did not load: %s", self.load_error)
+            if self._on_load_error:
+                self._on_load_error(self.load_error)
             return
         self.status = "ready"
         try:
@@ -205,7 +210,7 @@ class Engine:
         try:
             job = self.scheduler.submit(ticket.prompt[n_cached:], max_tokens=ticket.max_tokens,
                                         sampling=ticket.sampling, state=state)
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:  # the scheduler's own checks of a request
             self._release(ticket)
             ticket.post("error", APIError(400, str(exc)))
             return
