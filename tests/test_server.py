@@ -225,3 +225,48 @@ def test_health_is_503_while_loading():
     assert web.get("/health").status_code == 503
     r = web.post("/v1/completions", json={"prompt": "a"})
     assert r.status_code == 503 and r.headers["retry-after"] == "1"
+
+
+def test_chat_template_from_a_file(tmp_path):
+    path = tmp_path / "template.json"
+    path.write_text(json.dumps({"roles": {"user": "Q: {content}\n"}, "assistant_prefix": "A:", "stop": ["\nQ:"]}))
+    template = ChatTemplate.from_file(path)
+    pieces = []
+    template.render([("system", "Be brief."), ("user", "Hi\n\n\nthere"), ("assistant", " Hello. ")], lambda p: pieces.append(p) or [])
+    assert pieces == ["System: Be brief.\n\n", "Q: Hi\nthere\n", "A:", " Hello.\n\n", "A:"]
+    assert template.stop == ("\nQ:",)
+    for bad in ({"roles": {"user": "no placeholder"}}, {"roles": []}, {"stop": [""]}, {"other": 1},
+                {"roles": {"user": "{content} {x}"}}):
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ValueError):
+            ChatTemplate.from_file(path)
+
+
+def test_the_program(tmp_path):
+    """python -m rwkv_cpp.server as a user starts it: a refused template, a
+    model that does not load, then a real start on a free port."""
+    import subprocess
+    import sys
+
+    from server_helpers import free_socket, wait_ready
+
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    run = [sys.executable, "-m", "rwkv_cpp.server", "--threads", "1", "--log-level", "warning"]
+    res = subprocess.run(run + ["--chat-template", str(bad)], capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0 and "--chat-template" in res.stderr
+    (tmp_path / "broken.gguf").write_bytes(b"GGUF" + bytes(20))
+    with free_socket() as sock:
+        port = sock.getsockname()[1]
+    res = subprocess.run(run + ["--model", str(tmp_path / "broken.gguf"), "--port", str(port)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0 and "broken.gguf" in res.stderr
+    proc = subprocess.Popen(run + ["--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_ready("http://127.0.0.1:%d" % port, 60)
+        r = httpx.post("http://127.0.0.1:%d/v1/completions" % port, json={"prompt": "Hark", "max_tokens": 3})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 3
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+    assert "serving" in out and "127.0.0.1:%d" % port in out

@@ -281,6 +281,8 @@ class ChatTemplate:
         if not isinstance(data, dict) or set(data) - {"roles", "assistant_prefix", "stop"}:
             raise ValueError("%s: a chat template is an object with the keys roles, assistant_prefix, stop" % path)
         default = cls()
+        if not isinstance(data.get("roles", {}), dict) or not isinstance(data.get("stop", []), list):
+            raise ValueError("%s: roles must be an object and stop a list" % path)
         roles = dict(default.roles, **data.get("roles", {}))
         template = cls(roles=roles, assistant_prefix=data.get("assistant_prefix", default.assistant_prefix),
                        stop=tuple(data.get("stop", default.stop)))
