@@ -22,12 +22,12 @@ def free_socket():
 
 
 @contextlib.contextmanager
-def running_server(model_path, *, api_key=None, scheduler_class=None, ready_timeout=60, **engine_args):
+def running_server(model_path, *, api_key=None, ready_timeout=60, **engine_args):
     """``(base_url, engine)`` of a server in a thread of this process, on a
     free loopback port, ready to serve; stopped on exit."""
     import uvicorn
 
-    engine = Engine(EngineConfig(model_path=str(model_path), **engine_args), Metrics(), scheduler_class)
+    engine = Engine(EngineConfig(model_path=str(model_path), **engine_args), Metrics())
     app = create_app(engine, api_key=api_key)
     sock = free_socket()
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
@@ -54,10 +54,3 @@ def wait_ready(url, timeout):
         if time.monotonic() > deadline:
             raise TimeoutError("the server at %s was not ready after %g s" % (url, timeout))
         time.sleep(0.05)
-
-
-try:  # TEMPORARY until rwkv_cpp.batching lands: None means the engine's own Scheduler
-    import rwkv_cpp.batching  # noqa: F401
-    SCHEDULER = None
-except ImportError:
-    from _scheduler_standin import Scheduler as SCHEDULER

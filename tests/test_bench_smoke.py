@@ -44,6 +44,32 @@ def test_speed_bench_compares_library_builds(tmp_path):
                for l in lines), lines
 
 
+def test_peers_bench_skips_cleanly_without_llama_cpp(tmp_path):
+    """bench.bench_peers with no llama.cpp build (and --no-build): one line
+    saying why, exit 0, no table; --require turns it into a failure."""
+    args = [sys.executable, "-m", "bench.bench_peers", "--smoke", "--no-build", "--peers-cache", str(tmp_path / "peers"),
+            "--cache-dir", str(tmp_path)]
+    res = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "llama.cpp is not available" in res.stderr and "not built" in res.stderr, res.stderr
+    assert "| model |" not in res.stdout
+    res = subprocess.run(args + ["--require"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "llama.cpp is not available" in res.stderr, res.stderr
+
+
+def test_peers_bench_table_smoke(tmp_path):
+    """The table on a tiny RWKV-7 model, where llama.cpp is already built in
+    the default peers cache (a developer machine; CI skips: allow-listed)."""
+    from bench.peers import llamacpp
+
+    try:
+        llamacpp.ensure(allow_build=False)
+    except llamacpp.Unavailable as exc:
+        pytest.skip("llama.cpp peer not built here: %s" % exc)
+    lines = run_bench(tmp_path, "bench.bench_peers", "--smoke", "--threads", "1", "--require")
+    assert sum(l.startswith("| smoke7 | FP16 | ") for l in lines) == 1, lines
+
+
 @pytest.mark.timeout(300)
 def test_server_bench_smoke(tmp_path):
     """bench.bench_server --smoke: 4 streaming clients against the server;

@@ -17,7 +17,7 @@ import rwkv_cpp  # noqa: E402
 from rwkv_cpp._defaults import default_model_path  # noqa: E402
 from rwkv_cpp.sampling import SamplingParams  # noqa: E402
 from rwkv_cpp.server.protocol import ChatTemplate  # noqa: E402
-from server_helpers import SCHEDULER, running_server  # noqa: E402
+from server_helpers import running_server  # noqa: E402
 
 MODEL = default_model_path()
 # one compute thread: on a shared 2-core machine, two spinning ggml threads
@@ -27,7 +27,7 @@ SETTINGS = dict(temperature=0.9, top_p=0.9, presence_penalty=0.3, frequency_pena
 
 @pytest.fixture(scope="module")
 def server():
-    with running_server(MODEL, scheduler_class=SCHEDULER, max_batch=4, threads=1) as (url, engine):
+    with running_server(MODEL, max_batch=4, threads=1) as (url, engine):
         yield url, engine
 
 
@@ -201,7 +201,7 @@ def test_metrics_count_requests_and_tokens(server, client, name):
 
 
 def test_auth():
-    with running_server(MODEL, scheduler_class=SCHEDULER, api_key="sesame", threads=1) as (url, engine):
+    with running_server(MODEL, api_key="sesame", threads=1) as (url, engine):
         assert httpx.get(url + "/health").status_code == 200
         for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "sesame"}):
             r = httpx.get(url + "/v1/models", headers=headers)
@@ -220,7 +220,7 @@ def test_health_is_503_while_loading():
     from rwkv_cpp.server.engine import Engine, EngineConfig
     from rwkv_cpp.server.metrics import Metrics
 
-    engine = Engine(EngineConfig(model_path=MODEL), Metrics(), SCHEDULER)  # never started: still loading
+    engine = Engine(EngineConfig(model_path=MODEL), Metrics())  # never started: still loading
     web = TestClient(create_app(engine))
     assert web.get("/health").status_code == 503
     r = web.post("/v1/completions", json={"prompt": "a"})

@@ -71,7 +71,7 @@ openai = pytest.importorskip("openai")
 
 from rwkv_cpp import tokenizers  # noqa: E402
 from rwkv_cpp._defaults import default_model_path  # noqa: E402
-from server_helpers import SCHEDULER, running_server  # noqa: E402
+from server_helpers import running_server  # noqa: E402
 
 MODEL = default_model_path()
 QUESTIONS = ["Who goes there?", "Stand and unfold yourself.", "Long live the king!", "You come most carefully.",
@@ -99,11 +99,11 @@ def chat_turns(url, name):
 
 
 def test_ten_turn_chat_prefills_only_each_new_turn():
-    with running_server(MODEL, scheduler_class=SCHEDULER, threads=1) as (url, engine):
+    with running_server(MODEL, threads=1) as (url, engine):
         tok = tokenizers.for_model(engine.model)
         turns = list(chat_turns(url, engine.config.served_name))
         hits = metric(url, "rwkv_cache_hits_total")
-    with running_server(MODEL, scheduler_class=SCHEDULER, threads=1, state_cache_mb=0) as (url, engine):
+    with running_server(MODEL, threads=1, state_cache_mb=0) as (url, engine):
         uncached = list(chat_turns(url, engine.config.served_name))
     for i, ((reply, usage, prefilled), (plain_reply, plain_usage, _)) in enumerate(zip(turns, uncached)):
         new = len(tok.encode("User: %s\n\n" % QUESTIONS[i]) + tok.encode("Assistant:"))
@@ -118,7 +118,7 @@ def test_ten_turn_chat_prefills_only_each_new_turn():
 
 def test_cache_never_exceeds_its_bound():
     limit_mb = 0.1  # three states of the demo model (30 KiB each) and their keys
-    with running_server(MODEL, scheduler_class=SCHEDULER, threads=1, state_cache_mb=limit_mb) as (url, engine):
+    with running_server(MODEL, threads=1, state_cache_mb=limit_mb) as (url, engine):
         limit = int(limit_mb * 2 ** 20)
         for i in range(8):
             r = httpx.post(url + "/v1/completions", json={"prompt": "Scene %d. A hall." % i, "max_tokens": 1})

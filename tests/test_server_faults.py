@@ -16,7 +16,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from rwkv_cpp._defaults import default_model_path  # noqa: E402
 from rwkv_cpp.server.protocol import Limits  # noqa: E402
-from server_helpers import SCHEDULER, running_server  # noqa: E402
+from server_helpers import running_server  # noqa: E402
 
 MODEL = default_model_path()
 LONG = {"prompt": "ROMEO:", "max_tokens": 2000, "stream": True, "seed": 1}
@@ -39,7 +39,7 @@ def read_lines(response, n):
 
 
 def test_full_queue_gives_429():
-    with running_server(MODEL, scheduler_class=SCHEDULER, threads=1, max_batch=1, max_queue=1) as (url, engine):
+    with running_server(MODEL, threads=1, max_batch=1, max_queue=1) as (url, engine):
         with httpx.Client(base_url=url, timeout=30) as web:
             with web.stream("POST", "/v1/completions", json=LONG) as a, \
                     web.stream("POST", "/v1/completions", json=LONG) as b:
@@ -61,7 +61,7 @@ def web_ok(url):
 
 
 def test_disconnect_mid_stream_frees_the_slot():
-    with running_server(MODEL, scheduler_class=SCHEDULER, threads=1, max_batch=1, max_queue=0) as (url, engine):
+    with running_server(MODEL, threads=1, max_batch=1, max_queue=0) as (url, engine):
         start = time.perf_counter()
         assert web_ok(url)
         alone = time.perf_counter() - start
@@ -124,7 +124,7 @@ REQUESTS = st.sampled_from(sorted(BODIES)).flatmap(
 @pytest.fixture(scope="module")
 def fuzz_server():
     limits = Limits(max_prompt_tokens=64, max_tokens=8)
-    with running_server(MODEL, scheduler_class=SCHEDULER, threads=1, limits=limits) as (url, engine):
+    with running_server(MODEL, threads=1, limits=limits) as (url, engine):
         with httpx.Client(base_url=url, timeout=60) as web:
             yield web, engine
 

@@ -10,6 +10,7 @@
 evaluation context; one thread at a time) mirror the C API's two objects.
 """
 
+from .batching import Scheduler, generate_many
 from .errors import (
     ComputeError,
     InvalidArgumentError,
@@ -28,6 +29,8 @@ __all__ = [
     "Context",
     "packed_kernels_available",
     "packed_kernels_name",
+    "generate_many",
+    "Scheduler",
     "RWKVError",
     "InvalidArgumentError",
     "ModelIOError",

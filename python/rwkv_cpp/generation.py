@@ -32,22 +32,19 @@ class Generation:
     """
 
     def __init__(self, model, prompt, max_tokens, sampling, state, logits, tokenizer, stop_at_eos):
-        if max_tokens < 0:
-            raise ValueError("max_tokens must be >= 0, got %d" % max_tokens)
         self.model = model
         self.tokenizer = tokenizers.for_model(model, tokenizer)
-        self.sampling = sampling if sampling is not None else SamplingParams()
-        self.max_tokens = int(max_tokens)
-        self.tokens = []
-        self.text = ""
-        self.stop_reason = None
+        self._output = Output(self.tokenizer, model.n_vocab, sampling, max_tokens, stop_at_eos)
+        self.sampling = self._output.sampling
+        self.max_tokens = self._output.max_tokens
         self.prompt_tokens = self.tokenizer.encode(prompt)
         self.state, self.logits = self._prefill(state, logits)
-        self._sampler = Sampler(self.sampling, model.n_vocab, banned_from=self.tokenizer.n_vocab)
-        self._stop_ids = set(self.sampling.token_stop)
-        if stop_at_eos and self.tokenizer.eos_id is not None:
-            self._stop_ids.add(self.tokenizer.eos_id)
         self._pieces = self._run()
+
+    tokens = property(lambda self: self._output.tokens, doc="Ids generated so far (stop tokens excluded).")
+    text = property(lambda self: self._output.text, doc="The text yielded so far.")
+    stop_reason = property(lambda self: self._output.stop_reason,
+                           doc="None while running, then STOP_MAX_TOKENS, STOP_TOKEN or STOP_STRING.")
 
     def __iter__(self):
         return self
@@ -63,7 +60,7 @@ class Generation:
 
     def _prefill(self, state, logits):
         if self.prompt_tokens:
-            _check_prompt_ids(self.prompt_tokens, self.model, self.tokenizer)
+            check_prompt_ids(self.prompt_tokens, self.model, self.tokenizer)
             logits, state = self.model.eval_sequence(self.prompt_tokens, state)
             return state, logits
         if state is None or logits is None:
@@ -72,34 +69,74 @@ class Generation:
         return np.array(state, dtype=np.float32), np.array(logits, dtype=np.float32)
 
     def _run(self):
-        decoder = self.tokenizer.decoder()
-        stops = _StopMatcher(self.sampling.stop)
-        for _ in range(self.max_tokens):
-            token = self._sampler.sample(self.logits)
-            if token in self._stop_ids:
-                self.stop_reason = STOP_TOKEN
-                break
-            self._feed(token)
-            piece, stopped = stops.push(decoder.feed(token))
+        output = self._output
+        while not output.done:
+            token = output.sampler.sample(self.logits)
+            piece, feed = output.push(token)
+            if feed:  # the model's next state and logits
+                self.logits, self.state = self.model.eval(token, self.state)
             if piece:
-                self.text += piece
                 yield piece
-            if stopped:
-                self.stop_reason = STOP_STRING
-                return
-        if self.stop_reason is None:
-            self.stop_reason = STOP_MAX_TOKENS
-        rest = stops.finish(decoder.flush())
-        if rest:
-            self.text += rest
-            yield rest
 
-    def _feed(self, token):
-        """Accepts ``token``: penalties, then the model's next state and logits."""
+
+class Output:
+    """The generated side of one sequence, shared by ``Generation`` (one
+    sequence) and ``rwkv_cpp.batching.Scheduler`` (many at once): the
+    sampler with its penalties, the stop tokens, the incremental UTF-8
+    decoder and the stop strings.
+
+    The caller draws a token with ``sampler`` from the latest logits and
+    gives it to ``push``; when ``push`` says so, the model evaluates the
+    token before the next draw.  ``done`` says when the sequence has ended
+    (``stop_reason``).  ``tokens`` and ``text`` grow as it runs.
+    """
+
+    def __init__(self, tokenizer, n_vocab, sampling, max_tokens, stop_at_eos):
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)):
+            raise TypeError("max_tokens must be an int, got %s" % type(max_tokens).__name__)
+        if max_tokens < 0:
+            raise ValueError("max_tokens must be >= 0, got %d" % max_tokens)
+        if sampling is not None and not isinstance(sampling, SamplingParams):
+            raise TypeError("sampling must be a SamplingParams, got %s" % type(sampling).__name__)
+        self.tokenizer = tokenizer
+        self.sampling = sampling if sampling is not None else SamplingParams()
+        self.max_tokens = int(max_tokens)
+        self.sampler = Sampler(self.sampling, n_vocab, banned_from=tokenizer.n_vocab)
+        self.stop_ids = set(self.sampling.token_stop)
+        if stop_at_eos and tokenizer.eos_id is not None:
+            self.stop_ids.add(tokenizer.eos_id)
+        self.tokens = []
+        self.text = ""
+        self.stop_reason = STOP_MAX_TOKENS if self.max_tokens == 0 else None
+        self._decoder = tokenizer.decoder()
+        self._stops = _StopMatcher(self.sampling.stop)
+
+    @property
+    def done(self):
+        return self.stop_reason is not None
+
+    def push(self, token):
+        """Takes the drawn ``token``.  Returns ``(piece, feed)``: the text
+        now safe to emit (complete UTF-8, no part of a possible stop string;
+        often "") and whether the token joined the sequence, so that the
+        model must evaluate it (a stop token does not join)."""
+        token = int(token)
+        if token in self.stop_ids:
+            self.stop_reason = STOP_TOKEN
+            return self._emit(self._stops.finish(self._decoder.flush())), False
         self.tokens.append(token)
-        self._sampler.accept(token, self.tokenizer.decode([token]))
-        logits, state = self.model.eval(token, self.state)
-        self.state, self.logits = state, logits
+        self.sampler.accept(token, self.tokenizer.decode([token]))
+        piece, stopped = self._stops.push(self._decoder.feed(token))
+        if stopped:  # the text ends before the stop string; what was held back is dropped
+            self.stop_reason = STOP_STRING
+        elif len(self.tokens) >= self.max_tokens:
+            self.stop_reason = STOP_MAX_TOKENS
+            piece += self._stops.finish(self._decoder.flush())
+        return self._emit(piece), True
+
+    def _emit(self, piece):
+        self.text += piece
+        return piece
 
 
 class _StopMatcher:
@@ -139,7 +176,8 @@ class _StopMatcher:
         return best
 
 
-def _check_prompt_ids(ids, model, tokenizer):
+def check_prompt_ids(ids, model, tokenizer):
+    """Raises ValueError when a prompt id is beyond the model's vocabulary."""
     too_big = max(ids)
     if too_big >= model.n_vocab:
         raise ValueError("the %s tokenizer gave id %d, beyond the model's vocabulary (%d)"

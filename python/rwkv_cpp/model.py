@@ -11,8 +11,10 @@ Layers, each importing only those below it::
     sidecar, tokenizers, sampling, _scoring
     state_file, embedding, generation
                               functions taking a Model or a Context
-    model                     this module: Model with generate, save_state,
-                              load_state, embed and embed_many methods
+    batching                  the continuous-batching scheduler, generate_many
+    model                     this module: Model with generate,
+                              generate_many, save_state, load_state, embed
+                              and embed_many methods
     _cli                      what the command-line programs share
     chat, perplexity, ...     command-line programs
 
@@ -23,7 +25,7 @@ functions (``rwkv_cpp.generation.generate(ctx, ...)``,
 ``rwkv_cpp.embedding.embed(ctx, ...)``) with it.
 """
 
-from . import _model, embedding, state_file
+from . import _model, batching, embedding, state_file
 from ._model import Context, packed_kernels_available, packed_kernels_name
 from .generation import generate as _generate
 
@@ -41,6 +43,15 @@ class Model(_model.Model):
         self._check_open()
         return _generate(self, prompt, max_tokens, sampling, state, tokenizer, logits=logits,
                          stop_at_eos=stop_at_eos)
+
+    def generate_many(self, prompts, max_tokens=200, sampling=None, *, max_batch=8, tokenizer=None,
+                      stop_at_eos=True):
+        """Generates text after each of ``prompts`` with continuous batching
+        on the default context; returns the texts in prompt order.  See
+        ``rwkv_cpp.batching.generate_many``."""
+        self._check_open()
+        return batching.generate_many(self, prompts, max_tokens, sampling, max_batch=max_batch,
+                                      tokenizer=tokenizer, stop_at_eos=stop_at_eos)
 
     def save_state(self, path, state, logits=None):
         """Writes ``state`` (and optionally the ``logits`` that go with it)

@@ -22,8 +22,16 @@ For one step, given the model's logits:
 
 Deliberate differences from the official code: ``top_p >= 1`` keeps every
 token (the official cut-off can fall to the single best token when the
-float32 cumulative sum ends just below 1.0), and temperature-0 ties go to the
-lowest id instead of a random one of the tied tokens.
+float32 cumulative sum ends just below 1.0), and ties are broken towards the
+lowest id instead of at random: at temperature 0 between the best tokens, in
+top-k between the tokens tied with the k-th most probable.
+
+``Sampler.sample`` draws one token from one row of logits;
+``sample_batch`` (``sample_rows`` underneath) draws one token per row of an
+``(n, n_vocab)`` array at once, with per-row settings, penalties and
+generators, and gives row by row the very token ``Sampler.sample`` gives: the
+same float64 operations in the same order, on masks over the whole vocabulary
+instead of index lists (see ``sample_rows``).
 """
 
 from dataclasses import dataclass
@@ -114,30 +122,55 @@ def candidates(logits, temperature, top_p, top_k):
     else:
         ids = np.flatnonzero(np.isfinite(shifted))
     if 0 < top_k < ids.size:
-        ids = ids[np.argpartition(-probs[ids], top_k - 1)[:top_k]]
+        ids = top_k_ids(ids, probs[ids], top_k)
     return ids, np.exp(shifted[ids] / temperature)
 
 
+def top_k_ids(ids, probs, top_k):
+    """The ``top_k`` ids of ``ids`` (ascending) with the largest ``probs``;
+    among tokens tied with the k-th largest, the lowest ids are kept.  The
+    result stays in ascending id order, the order the draw walks (as the
+    official ``np.random.choice`` over the whole vocabulary does)."""
+    kth = np.partition(probs, probs.size - top_k)[probs.size - top_k]  # the k-th largest
+    keep = probs > kth
+    keep[np.flatnonzero(probs == kth)[: top_k - np.count_nonzero(keep)]] = True
+    return ids[keep]
+
+
 #: how many of the most probable tokens are sorted first when looking for
-#: the top-p cut-off (all of them if these do not reach top_p).
+#: the top-p cut-off; if these do not reach top_p, 8 times as many, and so on
+#: up to all of them (a flat distribution is not sorted whole at once).
 _TOP_P_FIRST_TRY = 512
+_TOP_P_GROWTH = 8
 
 
 def top_p_cutoff(probs, top_p):
     """The probability of the token at which the cumulative probability, in
     decreasing order, first reaches ``top_p`` (0 if it never does)."""
-    n = probs.size
-    m = min(n, _TOP_P_FIRST_TRY)
-    while True:
-        # the m largest, in decreasing order: the same prefix as a full sort,
-        # so the same cumulative sums
-        top = np.sort(np.partition(probs, n - m)[n - m:] if m < n else probs)[::-1]
-        reached = np.cumsum(top) >= top_p
-        if reached.any():
-            return float(top[np.argmax(reached)])
-        if m == n:
-            return 0.0
-        m = n
+    return float(top_p_cutoffs(np.asarray(probs)[None, :], np.array([top_p], dtype=np.float64))[0])
+
+
+def top_p_cutoffs(probs, top_p):
+    """``top_p_cutoff`` of every row of ``probs`` ``(n, n_vocab)``, with
+    ``top_p`` a vector of ``n``: float64 vector."""
+    n, n_vocab = probs.shape
+    cutoffs = np.zeros(n, dtype=np.float64)
+    todo = np.arange(n)
+    m = min(n_vocab, _TOP_P_FIRST_TRY)
+    while todo.size:
+        # the m largest of each row, in decreasing order: the same prefix as a
+        # full sort, so the same (sequential) cumulative sums
+        rows = _take(probs, todo)
+        top = np.sort(np.partition(rows, n_vocab - m, axis=1)[:, n_vocab - m:] if m < n_vocab else rows,
+                      axis=1)[:, ::-1]
+        reached = np.cumsum(top, axis=1) >= top_p[todo, None]
+        found = reached.any(axis=1)
+        first = np.argmax(reached, axis=1)
+        cutoffs[todo[found]] = top[found, first[found]]
+        if m == n_vocab:
+            break  # rows never reaching top_p keep the cut-off 0
+        todo, m = todo[~found], min(n_vocab, m * _TOP_P_GROWTH)
+    return cutoffs
 
 
 class Sampler:
@@ -169,6 +202,11 @@ class Sampler:
 
     def is_stop(self, token):
         return token in self._stop
+
+    @property
+    def bans_everything(self):
+        """True when no token can ever be drawn (every id is banned)."""
+        return bool(self._banned.all())
 
     def penalised(self, logits):
         """A float64 copy of ``logits`` with bans and penalties applied."""
@@ -207,3 +245,160 @@ def draw(weights, rng):
     index = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
     # rounding can put the point at the very end: take the last positive weight
     return min(index, int(np.flatnonzero(weights)[-1]))
+
+
+# ---------------------------------------------------------------------------
+# A batch of rows at once
+# ---------------------------------------------------------------------------
+#
+# The steps of ``Sampler.sample`` over an (n, n_vocab) array.  Where the row
+# version keeps index lists (the candidates, then the top-k ids), these keep
+# boolean masks over the whole vocabulary, which give the same numbers:
+# - a dropped token's weight is 0, and x + 0.0 == x exactly, so the
+#   sequential cumulative sum over the vocabulary takes, at each candidate,
+#   the value the row version's cumulative sum over the candidates takes;
+# - hence "the first point of the cdf above u" is the same token;
+# - sums and maxima along a row are numpy's same per-row reductions.
+# tests/test_batch_sampling.py checks the tokens against Sampler.sample.
+
+
+#: rows sampled together hold about this many values: a block of float64
+#: temporaries then stays in the CPU's L2 cache (a 65536-token vocabulary is
+#: sampled 2 rows at a time, a 256-token one 512 rows at a time).
+BLOCK_VALUES = 2**17
+
+
+def sample_batch(samplers, logits):
+    """One token per row of ``logits`` ``(n, n_vocab)``: row ``i`` drawn by
+    ``samplers[i]`` (its settings, penalties and generator), exactly the
+    token ``samplers[i].sample(logits[i])`` would give.  int64 vector."""
+    samplers = list(samplers)
+    logits = np.asarray(logits)
+    if logits.ndim != 2 or logits.shape[0] != len(samplers):
+        raise ValueError("logits must have shape (%d, n_vocab) for %d samplers, got %s"
+                         % (len(samplers), len(samplers), logits.shape))
+    for i, sampler in enumerate(samplers):
+        if sampler.n_vocab != logits.shape[1]:
+            raise ValueError("logits have %d values per row, sampler %d expects %d"
+                             % (logits.shape[1], i, sampler.n_vocab))
+    tokens = np.zeros(len(samplers), dtype=np.int64)
+    rows = max(1, BLOCK_VALUES // max(logits.shape[1], 1))
+    for start in range(0, len(samplers), rows):
+        try:
+            tokens[start:start + rows] = _sample_block(samplers[start:start + rows], logits[start:start + rows])
+        except _DeadRow as dead:
+            raise ValueError("row %d: every token is banned or the logits are not finite"
+                             % (start + dead.row)) from None
+    return tokens
+
+
+def _sample_block(samplers, logits):
+    params = [s.params for s in samplers]
+    # the penalties at the present tokens only (few): (row, column, count)
+    cols = [np.flatnonzero(s.present) for s in samplers]
+    rows = np.repeat(np.arange(len(samplers)), [c.size for c in cols])
+    counts = np.concatenate([s.counts[c] for s, c in zip(samplers, cols)])
+    penalised = penalise_rows(logits, (rows, np.concatenate(cols)), counts,
+                              np.stack([s._banned for s in samplers]),
+                              _column(params, "alpha_presence"), _column(params, "alpha_frequency"))
+    return sample_rows(penalised, _column(params, "temperature"), _column(params, "top_p"),
+                       _column(params, "top_k"), [s.rng for s in samplers])
+
+
+def _column(params, name):
+    return np.array([getattr(p, name) for p in params], dtype=np.int64 if name == "top_k" else np.float64)
+
+
+class _DeadRow(ValueError):
+    def __init__(self, row):
+        super().__init__("row %d: every token is banned or the logits are not finite" % row)
+        self.row = row
+
+
+def penalise_rows(logits, present, counts, banned, alpha_presence, alpha_frequency):
+    """A float64 copy of ``logits`` ``(n, n_vocab)`` with each row's
+    penalties applied as ``Sampler.penalised`` does: ``present`` is
+    ``(rows, columns)`` of the present tokens, ``counts`` their counts,
+    ``banned`` a boolean array of the logits' shape, the alphas vectors of
+    ``n``."""
+    out = np.array(logits, dtype=np.float64)
+    rows, cols = present
+    # logit -= alpha_presence + count * alpha_frequency, where present
+    out[rows, cols] -= alpha_presence[rows] + counts * alpha_frequency[rows]
+    out[banned] = -np.inf
+    return out
+
+
+def sample_rows(penalised, temperature, top_p, top_k, rngs):
+    """One token per row of the penalised logits ``(n, n_vocab)``, with
+    per-row ``temperature``, ``top_p``, ``top_k`` (vectors of ``n``) and
+    numpy Generators ``rngs`` (one per row, drawn from only where the
+    temperature is > 0, as in ``Sampler.sample``).  int64 vector."""
+    dead = ~np.isfinite(penalised).any(axis=1)
+    if dead.any():
+        raise _DeadRow(int(np.argmax(dead)))
+    tokens = np.argmax(penalised, axis=1)  # temperature 0: greedy, ties to the lowest id
+    hot = np.flatnonzero(np.asarray(temperature) > 0)
+    if hot.size:
+        tokens[hot] = _draw_tempered(_take(penalised, hot), np.asarray(temperature, dtype=np.float64)[hot],
+                                     np.asarray(top_p, dtype=np.float64)[hot], np.asarray(top_k)[hot],
+                                     [rngs[i] for i in hot])
+    return tokens
+
+
+def _draw_tempered(logits, temperature, top_p, top_k, rngs):
+    """``candidates`` then ``draw`` for every row (all temperatures > 0)."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    probs = np.exp(shifted)
+    probs /= probs.sum(axis=1, keepdims=True)
+    keep = np.isfinite(shifted)  # top_p >= 1: every token not banned
+    nucleus = np.flatnonzero(top_p < 1)
+    if nucleus.size:
+        some = _take(probs, nucleus)
+        keep[nucleus] = some >= top_p_cutoffs(some, top_p[nucleus])[:, None]
+    _top_k_masks(keep, probs, top_k)
+    return _draw_candidates(keep, shifted, temperature, rngs)
+
+
+def _take(array, rows):
+    """``array[rows]``, without a copy when ``rows`` are all rows in order."""
+    return array if rows.size == array.shape[0] else array[rows]
+
+
+def _top_k_masks(keep, probs, top_k):
+    """Narrows each row's mask ``keep`` to its ``top_k`` most probable
+    tokens (where 0 < top_k < candidates), ties with the k-th kept in id
+    order up to k: ``top_k_ids`` on masks."""
+    rows = np.flatnonzero((top_k > 0) & (top_k < keep.sum(axis=1)))
+    if not rows.size:
+        return
+    p = np.where(keep[rows], probs[rows], -1.0)  # -1: not a candidate (probabilities are >= 0)
+    at = p.shape[1] - top_k[rows]                # where the k-th largest lands in ascending order
+    kth = np.partition(p, np.unique(at), axis=1)[np.arange(rows.size), at][:, None]
+    above = p > kth
+    tied = p == kth
+    room = top_k[rows] - np.count_nonzero(above, axis=1)
+    crowded = np.flatnonzero(np.count_nonzero(tied, axis=1) > room)  # more ties than places left
+    tied[crowded] &= np.cumsum(tied[crowded], axis=1) <= room[crowded, None]
+    keep[rows] = above | tied
+
+
+def _draw_candidates(keep, shifted, temperature, rngs):
+    """``draw`` for every row over its candidates (``keep``), in id order,
+    with the weights ``exp(shifted / temperature)``.  The candidates are
+    packed to the left of an (n, most candidates) array padded with weight
+    0 at the end, so each row's sequential cumulative sum is the row
+    version's, and only the candidates are exponentiated and summed."""
+    rows, cols = np.nonzero(keep)  # row-major: ids ascending within a row
+    per_row = np.bincount(rows, minlength=keep.shape[0])
+    place = np.arange(rows.size) - (np.cumsum(per_row) - per_row)[rows]
+    weights = np.zeros((keep.shape[0], per_row.max()))
+    weights[rows, place] = np.exp(shifted[rows, cols] / temperature[rows])
+    ids = np.zeros(weights.shape, dtype=np.int64)
+    ids[rows, place] = cols
+    cdf = np.cumsum(weights, axis=1)
+    point = np.array([rng.random() for rng in rngs]) * cdf[:, -1]
+    index = np.count_nonzero(cdf <= point[:, None], axis=1)  # searchsorted(side="right")
+    # rounding can put the point at the very end: take the last positive weight
+    last = weights.shape[1] - 1 - np.argmax(weights[:, ::-1] > 0, axis=1)
+    return ids[np.arange(ids.shape[0]), np.minimum(index, last)]

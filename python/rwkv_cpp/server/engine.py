@@ -32,6 +32,7 @@ from typing import Optional
 
 from .. import embedding, tokenizers
 from .._model import Model
+from ..batching import Scheduler
 from .cache import PromptCache
 from .protocol import APIError, ChatTemplate, Limits
 
@@ -96,7 +97,7 @@ class Ticket:
 class Engine:
     """The scheduler thread and what it owns (see the module docstring)."""
 
-    def __init__(self, config, metrics, scheduler_class=None, on_load_error=None):
+    def __init__(self, config, metrics, on_load_error=None):
         """``on_load_error(message)``: called (from the thread) when the
         model does not load; the program exits then."""
         self.config = config
@@ -107,7 +108,6 @@ class Engine:
         self.model = self.context = self.scheduler = self.tokenizer = self.stats = None
         self.cache = PromptCache(int(config.state_cache_mb * 2 ** 20))
         self.created = int(time.time())
-        self._scheduler_class = scheduler_class
         self._inbox = queue.SimpleQueue()
         self._admitted = 0
         self._admit_lock = threading.Lock()
@@ -170,10 +170,7 @@ class Engine:
         self.tokenizer = tokenizers.for_model(self.model, cfg.tokenizer)
         if cfg.embed_stats:
             self.stats = embedding.EmbedStats.load(cfg.embed_stats, self.model)
-        scheduler_class = self._scheduler_class
-        if scheduler_class is None:
-            from ..batching import Scheduler as scheduler_class
-        self.scheduler = scheduler_class(self.context, max_batch=cfg.max_batch, tokenizer=self.tokenizer)
+        self.scheduler = Scheduler(self.context, max_batch=cfg.max_batch, tokenizer=self.tokenizer)
 
     def _loop(self):
         while True:
