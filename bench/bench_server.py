@@ -132,7 +132,10 @@ async def solo(url, texts, seeds, max_tokens):
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
         await stream_one(client, -1, "Warm-up. ", 0, 2)  # first-request costs (tokenizer, graphs) not timed
         start = time.perf_counter()
-        streams = [await stream_one(client, i, texts[i], seeds[i], max_tokens) for i in range(len(texts))]
+        streams = []
+        for i in range(len(texts)):
+            streams.append(await stream_one(client, i, texts[i], seeds[i], max_tokens))
+            progress("solo: %d/%d requests, %.0f s" % (i + 1, len(texts), time.perf_counter() - start))
         return streams, time.perf_counter() - start
 
 
@@ -151,8 +154,13 @@ async def load(url, texts, seeds, args):
                 done.append(await stream_one(client, pair, texts[pair], seeds[pair], args.max_tokens))
                 k += args.clients
 
+        progress("load: %d clients for %g s ..." % (args.clients, args.seconds))
         await asyncio.gather(*(one_client(i) for i in range(args.clients)))
         return done, time.perf_counter() - start
+
+
+def progress(line):
+    print(line, file=sys.stderr, flush=True)
 
 
 def peak_rss_mib(pid):
