@@ -165,6 +165,14 @@ enum rwkv_status rwkv_eval_sequence(struct rwkv_context * ctx, const uint32_t * 
     });
 }
 
+enum rwkv_status rwkv_eval_batch(struct rwkv_context * ctx, const struct rwkv_batch_seq * seqs, size_t n_seq,
+                                 size_t n_state, bool all_logits) {
+    if (ctx == nullptr) {
+        return RWKV_STATUS_ERROR_INVALID_ARGUMENT;
+    }
+    return guarded(ctx->last_error, [&] { ctx->impl->eval_batch(seqs, n_seq, n_state, all_logits); });
+}
+
 enum rwkv_status rwkv_eval_sequence_all_logits(struct rwkv_context * ctx, const uint32_t * tokens, size_t n_tokens,
                                                const float * state_in, float * state_out, size_t n_state,
                                                float * logits_out, size_t n_logits) {

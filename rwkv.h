@@ -224,6 +224,50 @@ RWKV_API enum rwkv_status rwkv_eval_sequence_all_logits(
     float * logits_out,
     size_t n_logits);
 
+/* One sequence of a batch (rwkv_eval_batch). */
+struct rwkv_batch_seq {
+    const uint32_t * tokens;       /* n_tokens >= 1 token ids, evaluated in order       */
+    size_t n_tokens;
+    const float * state_in;        /* n_state floats, or NULL for the initial state     */
+    float * state_out;             /* n_state floats (may equal state_in, or any other
+                                      sequence's state_in: all are read before any is
+                                      written)                                          */
+    float * logits_out;            /* NULL: no logits for this sequence; else n_logits
+                                      floats: n_vocab (the last token's), or
+                                      n_tokens * n_vocab token-major with all_logits    */
+    size_t n_logits;
+};
+
+/* Evaluates n_seq >= 1 independent sequences in one pass over the weights
+ * (continuous batching): each has its own state and its own number of new
+ * tokens (1 for a decode step, many for a prompt, mixed in one call).  The
+ * tokens of all sequences go through each matrix product together; the
+ * token shift, the WKV recurrence and the state stay per sequence.  Each
+ * sequence's logits and new state are bit for bit those of
+ * rwkv_eval_sequence (or rwkv_eval_sequence_all_logits) on it alone, on a
+ * context with the same max_chunk_tokens.
+ *
+ * Every argument is checked before anything is computed (n_seq, each
+ * sequence's tokens, ids < n_vocab, state_out, n_logits, n_state ==
+ * rwkv_model_state_len); on any failure no state_out is written.  The new
+ * states are written only once every sequence is done; logits are written
+ * as they come.
+ *
+ * Up to max_chunk_tokens tokens (rwkv_context_params) go through one graph;
+ * more are split into several passes, a sequence continuing in the next.
+ * Graphs are cached by shape (16 per context): a pass of t tokens and s
+ * sequences runs in a graph of T columns and S slots, T = t rounded up (t
+ * <= 16: to the next power of two, else to the next multiple of 1/8 of the
+ * power of two at or above t; at most max_chunk_tokens) and S = min(the
+ * power of two at or above s, T), so that any mix of a given size reuses a
+ * few graphs. */
+RWKV_API enum rwkv_status rwkv_eval_batch(
+    struct rwkv_context * ctx,
+    const struct rwkv_batch_seq * seqs,
+    size_t n_seq,
+    size_t n_state,
+    bool all_logits);
+
 RWKV_API struct rwkv_quantize_params rwkv_quantize_default_params(void);
 
 /* Writes a copy of the model file `in` with its matrices stored as `type`

@@ -8,12 +8,21 @@ help the next.  A worker prints one ``RESULT {json}`` line, which
     python -m bench.worker ours MODEL.gguf --threads 2 [--decode-tokens 32] [--runs 1]
         [--prefill 128 512] [--check 16 --check-out LOGITS.npy] [--no-repack] [--package DIR]
     python -m bench.worker official MODEL.pth --strategy "cpu fp32" --n-vocab 50277 --threads 2 ...
+    python -m bench.worker batch MODEL.gguf --threads 2 --batches 1 2 4 8 --decode-tokens 16 --prefill 128
 
 Method of one worker: load; one token (first-token time); the check
 logits if asked (the logits after each of the first --check tokens, from
 the initial state, saved to --check-out); 8 warm-up tokens; --runs timed
 decodes of --decode-tokens tokens (one token per call, state carried);
 each --prefill length once from the initial state, best of 2.
+
+Method of a ``batch`` worker (bench.bench_batch): load; each --prefill
+length, best of 2; a check that a mixed batch (a prompt, decode steps, a
+carried state) gives every sequence the bits of evaluating it alone; then
+for each --batches size B: B sequences, each from its own 8-token prompt
+(one batch call), 2 warm-up steps, then --decode-tokens timed steps of one
+``eval_batch`` call decoding one token of each of the B sequences (states
+carried); per step the wall time of the call.
 
 This module does not import rwkv_cpp at its top: ``ours`` first chooses
 which package to load.  ``--package DIR`` imports rwkv_cpp from the folder
@@ -129,6 +138,50 @@ def measure_ours(args) -> dict:
     return res
 
 
+def batch_matches_alone(m, toks) -> bool:
+    """A prompt, two decode steps and one carried state in one batch, each
+    against itself alone: equal bits (logits and state)."""
+    _, carried = m.eval_sequence(toks[:5])
+    sequences = [toks[10:40], toks[40:41], toks[41:42], toks[50:53]]
+    states = [None, carried, None, carried]
+    logits, new_states = m.eval_batch(sequences, states)
+    for i, (seq, state) in enumerate(zip(sequences, states)):
+        want_logits, want_state = m.eval_sequence(seq, state)
+        if logits[i].tobytes() != want_logits.tobytes() or new_states[i].tobytes() != want_state.tobytes():
+            return False
+    return True
+
+
+def measure_batch(args) -> dict:
+    """Prefill, the batch-equals-alone check, then decode at each batch size."""
+    rwkv_cpp = import_rwkv_cpp(args.package)
+    m = rwkv_cpp.Model(args.model, n_threads=args.threads)
+    toks = bench_tokens(m.n_vocab, max(TOKEN_COUNT, *args.prefill, 8 * max(args.batches) + 2 + args.decode_tokens))
+    res = {"batch_equal": batch_matches_alone(m, toks)}
+    for n in args.prefill:
+        best = 0.0
+        for _ in range(2):
+            t0 = time.perf_counter()
+            m.eval_sequence(toks[:n], logits=False)
+            best = max(best, n / (time.perf_counter() - t0))
+        res["prefill_%d" % n] = best
+    for b in args.batches:
+        _, states = m.eval_batch([toks[8 * i:8 * i + 8] for i in range(b)])
+        step_ms = []
+        for step in range(2 + args.decode_tokens):
+            feed = [[int(toks[(step * 7 + i * 13) % len(toks)])] for i in range(b)]
+            t1 = time.perf_counter()
+            _, states = m.eval_batch(feed, states)
+            if step >= 2:
+                step_ms.append(1e3 * (time.perf_counter() - t1))
+        res["step_ms_%d" % b] = step_ms
+    with open("/proc/self/status") as f:
+        res["rss_mib"] = next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+    res["weights_mib"] = os.path.getsize(args.model) / 2**20
+    res["state_mib"] = m.state_len * 4 / 2**20
+    return res
+
+
 def measure_official(args) -> dict:
     """The official package (rwkv==0.8.32, torch) on a .pth: the same
     token sequence and the same steps as :func:`measure_ours`."""
@@ -166,7 +219,7 @@ def measure_official(args) -> dict:
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bench.worker", description=__doc__.split("\n\n")[0])
-    ap.add_argument("kind", choices=("ours", "official"))
+    ap.add_argument("kind", choices=("ours", "official", "batch"))
     ap.add_argument("model", help="GGUF file (ours) or .pth (official)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--decode-tokens", type=int, default=32, help="tokens per timed decode (0: none)")
@@ -181,6 +234,8 @@ def parse_args(argv=None):
     ap.add_argument("--strategy", default="cpu fp32", help="official: the strategy string")
     ap.add_argument("--n-vocab", type=int, default=50277, help="official: vocabulary of the model")
     ap.add_argument("--no-jit", action="store_true", help="official: without TorchScript")
+    ap.add_argument("--batches", type=int, nargs="*", default=[1, 2, 4, 8, 16, 32],
+                    help="batch: the batch sizes to time")
     args = ap.parse_args(argv)
     if args.check and not args.check_out:
         ap.error("--check needs --check-out")
@@ -189,7 +244,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    report(measure_ours(args) if args.kind == "ours" else measure_official(args))
+    measure = {"ours": measure_ours, "official": measure_official, "batch": measure_batch}[args.kind]
+    report(measure(args))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from tqdm import tqdm
 
 from .convert import convert_file
 from .errors import ConvertError
+from .paths import EXIT_INTERRUPTED
+from .version import version_line
 
 DESCRIPTION = """\
 Convert an official RWKV-4, 5.0/5.1/5.2, 6.0 or 7.0 checkpoint to the GGUF
@@ -36,7 +38,8 @@ examples:
   python -m rwkv_cpp.convert RWKV-4-Pile-169M-20220807-8023.pth rwkv4-169m.gguf
   python -m rwkv_cpp.convert model.safetensors model-f16.gguf --type FP16
 
-exit status: 0 on success, 1 if the conversion failed, 2 on a usage error."""
+exit status: 0 on success, 1 if the conversion failed, 2 on a usage error,
+130 when interrupted (Ctrl-C; nothing is written)."""
 
 #: minimum output size for which progress is shown on a non-terminal stderr.
 PROGRESS_MIN_BYTES = 16 << 20
@@ -47,8 +50,9 @@ class ProgressPrinter:
     otherwise an update at most every 10 s, and only for outputs of at
     least PROGRESS_MIN_BYTES."""
 
-    def __init__(self, stream: TextIO):
+    def __init__(self, stream: TextIO, label: str = "converting"):
         self.stream = stream
+        self.label = label
         self.tty = bool(getattr(stream, "isatty", lambda: False)())
         self.bar: Optional[tqdm] = None
 
@@ -56,7 +60,7 @@ class ProgressPrinter:
         if total <= 0 or (not self.tty and total < PROGRESS_MIN_BYTES):
             return
         if self.bar is None:
-            self.bar = tqdm(total=total, desc="converting", unit="B", unit_scale=True, unit_divisor=1024,
+            self.bar = tqdm(total=total, desc=self.label, unit="B", unit_scale=True, unit_divisor=1024,
                             file=self.stream, mininterval=0.1 if self.tty else 10.0)
         self.bar.set_postfix_str(name[:40], refresh=False)
         self.bar.update(done - self.bar.n)
@@ -97,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "the official value; the rwkv.cpp 5.x test fixtures need 1e-5)")
     ap.add_argument("-q", "--quiet", action="store_true",
                     help="print nothing but errors (no progress, no summary)")
+    ap.add_argument("--version", action="version", version=version_line("python -m rwkv_cpp.convert"))
     return ap
 
 
@@ -112,7 +117,7 @@ def main(argv: Optional[list] = None) -> int:
         return 1
     except KeyboardInterrupt:
         print("\ninterrupted; no output written", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     if not args.quiet:
         print(f"{args.output}: {summary.line()}", file=sys.stderr)
     return 0

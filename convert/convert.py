@@ -13,7 +13,6 @@ The public entry points come first; the steps they call follow, in order.
 
 from __future__ import annotations
 
-import os
 from typing import List, Mapping, Optional
 
 import numpy as np
@@ -26,7 +25,7 @@ from .keys import normalize_tensors
 from .legacy_bin import legacy_to_gguf
 from .model import (check_rwkv4_tensors, check_wkv_tensors, detect_version, infer_rwkv4_params,
                     infer_wkv_params)
-from .output import (ConvertSummary, ProgressFn, resolve_ln_x_eps, resolve_tokenizer,
+from .output import (ConvertSummary, ProgressFn, check_output_path, resolve_ln_x_eps, resolve_tokenizer,
                      write_file_atomically)
 from .plan_rwkv4 import add_rwkv4_metadata, plan_rwkv4
 from .plan_wkv import add_wkv_metadata, plan_wkv
@@ -68,8 +67,7 @@ def convert_file(src: str, dst: str, out_type: Optional[str] = None,
         OSError: the input cannot be opened or the output cannot be written.
     """
     src, dst = str(src), str(dst)
-    if _same_file(src, dst):
-        raise ConvertError(f"output path '{dst}' is the input file")
+    check_output_path(dst, [src])
     with naming_file(src):
         if sniff_format(src) == "rwkv_cpp_bin":
             _check_bin_out_type(src, out_type)
@@ -165,8 +163,3 @@ def _check_bin_out_type(src: str, out_type: Optional[str]) -> None:
                            "and change the type afterwards with python -m rwkv_cpp.quantize")
 
 
-def _same_file(a: str, b: str) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False

@@ -16,6 +16,11 @@ class ConvertError(ValueError):
     """An input checkpoint cannot be read or converted."""
 
 
+class OutputPathError(ConvertError):
+    """An output path that cannot be written: the input itself, a folder,
+    a missing or unwritable folder.  Raised before any work starts."""
+
+
 class UnsafePickleError(ConvertError):
     """A pickle references a global that is not on the allow-list."""
 

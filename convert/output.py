@@ -1,6 +1,7 @@
 """What every conversion path shares when it writes a GGUF file: the
 summary it returns, the choices recorded in the metadata (tokenizer, ln_x
-epsilon) and the atomic write (a temporary file renamed at the end).
+epsilon); the atomic write (a temporary file renamed at the end) is in
+paths.py.
 
 Checkpoint conversion (convert.py) and rwkv.cpp ``.bin`` import
 (legacy_bin.py) both build on this module; it depends on neither.
@@ -8,12 +9,12 @@ Checkpoint conversion (convert.py) and rwkv.cpp ``.bin`` import
 
 from __future__ import annotations
 
-import os
-import secrets
 from dataclasses import asdict, dataclass
 from typing import Callable, Optional
 
 from .errors import ConvertError
+from .paths import (EXIT_INTERRUPTED, check_output_folder, check_output_path,  # noqa: F401 (re-exported)
+                    same_file, write_file_atomically)
 from .transforms import LN_X_EPSILON
 
 #: progress(done_bytes, total_bytes, tensor_name), called while writing.
@@ -78,36 +79,3 @@ def resolve_ln_x_eps(ln_x_eps: Optional[float], version: str) -> float:
     if not 0.0 < float(ln_x_eps) < 1.0:
         raise ConvertError(f"--ln-x-eps must lie in (0, 1), got {ln_x_eps}")
     return float(ln_x_eps)
-
-
-def write_file_atomically(dst: str, write: Callable[[object], int]) -> int:
-    """Run ``write(fileobj)`` into a temporary file, then rename it to dst.
-
-    On any error the temporary file is removed and dst is left untouched.
-    """
-    tmp = _temp_path_for(dst)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
-                     0o666)
-    except OSError as exc:
-        raise OSError(exc.errno, f"cannot create the output file '{dst}': "
-                                 f"{exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            written = write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return written
-
-
-def _temp_path_for(dst: str) -> str:
-    """A fresh hidden temporary name in the destination's directory."""
-    folder, base = os.path.split(os.path.abspath(dst))
-    return os.path.join(folder, f".{base}.{os.getpid()}.{secrets.token_hex(4)}.tmp")

@@ -18,7 +18,7 @@ safetensors.
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 
@@ -57,6 +57,20 @@ def _ln(rng: np.random.Generator, D: int):
     return 1.0 + rng.uniform(-0.1, 0.1, D), rng.uniform(-0.1, 0.1, D)
 
 
+#: progress(fraction done), called after each layer
+ProgressFn = Callable[[float], None]
+
+
+def _layers(n_layer: int, progress: Optional[ProgressFn]):
+    """range(n_layer), calling ``progress(layers done / n_layer)`` after the
+    body of each layer's loop (the generator resumes when the loop asks for
+    the next layer)."""
+    for i in range(n_layer):
+        yield i
+        if progress:
+            progress((i + 1) / n_layer)
+
+
 def _matrix(rng: np.random.Generator, out_f: int, in_f: int, scale: float = 1.0):
     """N(0, scale^2 / in_features): unit-variance outputs for unit inputs."""
     return rng.normal(0.0, scale / math.sqrt(in_f), (out_f, in_f))
@@ -64,7 +78,8 @@ def _matrix(rng: np.random.Generator, out_f: int, in_f: int, scale: float = 1.0)
 
 def make_rwkv4_state_dict(n_vocab: int, n_embed: int, n_layer: int,
                           n_ffn: Optional[int] = None, seed: int = 0,
-                          n_att: Optional[int] = None) -> Dict[str, np.ndarray]:
+                          n_att: Optional[int] = None,
+                          progress: Optional[ProgressFn] = None) -> Dict[str, np.ndarray]:
     """A random RWKV-4 state dict with official names, shapes and order.
 
     Args:
@@ -85,7 +100,7 @@ def make_rwkv4_state_dict(n_vocab: int, n_embed: int, n_layer: int,
     out_scale = 1.0 / math.sqrt(max(n_layer, 1))
     sd: Dict[str, np.ndarray] = {"emb.weight": rng.normal(0.0, 1.0, (n_vocab, D))}
     sd["blocks.0.ln0.weight"], sd["blocks.0.ln0.bias"] = _ln(rng, D)
-    for i in range(n_layer):
+    for i in _layers(n_layer, progress):
         p = f"blocks.{i}."
         sd[p + "ln1.weight"], sd[p + "ln1.bias"] = _ln(rng, D)
         sd[p + "ln2.weight"], sd[p + "ln2.bias"] = _ln(rng, D)
@@ -103,7 +118,7 @@ def make_rwkv4_state_dict(n_vocab: int, n_embed: int, n_layer: int,
         sd[p + "ffn.value.weight"] = _matrix(rng, D, F, 1.5 * out_scale)
     sd["ln_out.weight"], sd["ln_out.bias"] = _ln(rng, D)
     sd["head.weight"] = _matrix(rng, n_vocab, D, 2.0)
-    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sd.items()}
+    return {k: np.ascontiguousarray(sd.pop(k), dtype=np.float32) for k in list(sd)}
 
 
 # -- RWKV-5, 6, 7 ------------------------------------------------------------
@@ -148,7 +163,7 @@ def _finish(sd: Dict[str, np.ndarray], n_layer: int) -> Dict[str, np.ndarray]:
     order = ["emb.weight", "blocks.0.ln0.weight", "blocks.0.ln0.bias"]
     order += [k for k in sd if k.startswith("blocks.") and k not in order]
     order += ["ln_out.weight", "ln_out.bias", "head.weight"]
-    return {k: np.ascontiguousarray(sd[k], dtype=np.float32) for k in order}
+    return {k: np.ascontiguousarray(sd.pop(k), dtype=np.float32) for k in order}
 
 
 def _attention_matrices(rng, p: str, D: int, out_scale: float, gate: bool) -> Dict[str, np.ndarray]:
@@ -187,7 +202,8 @@ def _heads(D: int, head_size: int):
 
 def make_rwkv5_state_dict(n_vocab: int, n_embed: int, n_layer: int, head_size: int = 64,
                           version: str = "5.2", n_ffn: Optional[int] = None,
-                          seed: int = 0) -> Dict[str, np.ndarray]:
+                          seed: int = 0,
+                          progress: Optional[ProgressFn] = None) -> Dict[str, np.ndarray]:
     """A random RWKV-5.x state dict with official names and shapes.
 
     5.2: per-channel ``time_decay`` and ``time_faaaa`` (H, N).  5.1: per-head
@@ -202,7 +218,7 @@ def make_rwkv5_state_dict(n_vocab: int, n_embed: int, n_layer: int, head_size: i
     rng = np.random.default_rng(seed)
     out_scale = 1.0 / math.sqrt(max(n_layer, 1))
     sd = _embedding_and_output(rng, n_vocab, D)
-    for i in range(n_layer):
+    for i in _layers(n_layer, progress):
         p, (r01, r10) = f"blocks.{i}.", _ratios(i, n_layer)
         sd.update(_attention_matrices(rng, p, D, out_scale, version != "5.0"))
         for m, power, shift in (("k", r10, 0.0), ("v", r10, 0.3 * r01), ("r", 0.5 * r10, 0.0),
@@ -224,7 +240,8 @@ def make_rwkv5_state_dict(n_vocab: int, n_embed: int, n_layer: int, head_size: i
 
 def make_rwkv6_state_dict(n_vocab: int, n_embed: int, n_layer: int, head_size: int = 64,
                           n_ffn: Optional[int] = None, seed: int = 0, mix_lora: int = 32,
-                          decay_lora: int = 64) -> Dict[str, np.ndarray]:
+                          decay_lora: int = 64,
+                          progress: Optional[ProgressFn] = None) -> Dict[str, np.ndarray]:
     """A random RWKV-6.0 state dict with official names and shapes
     (time_maa_w1 (D, 5 mix_lora), time_maa_w2 (5, mix_lora, D),
     time_decay (1, 1, D), time_decay_w1 (D, decay_lora), ...)."""
@@ -233,7 +250,7 @@ def make_rwkv6_state_dict(n_vocab: int, n_embed: int, n_layer: int, head_size: i
     rng = np.random.default_rng(seed)
     out_scale = 1.0 / math.sqrt(max(n_layer, 1))
     sd = _embedding_and_output(rng, n_vocab, D)
-    for i in range(n_layer):
+    for i in _layers(n_layer, progress):
         p, (r01, r10) = f"blocks.{i}.", _ratios(i, n_layer)
         sd.update(_attention_matrices(rng, p, D, out_scale, True))
         for m, power, shift in (("x", r10, 0.0), ("w", r10, 0.0), ("k", r10, 0.0), ("v", r10, 0.3 * r01),
@@ -260,7 +277,8 @@ def default_v7_lora(n_embed: int) -> Dict[str, int]:
 def make_rwkv7_state_dict(n_vocab: int, n_embed: int, n_layer: int, head_size: int = 64,
                           n_ffn: Optional[int] = None, seed: int = 0,
                           lora: Optional[Dict[str, int]] = None,
-                          layer0_value_lora: bool = True) -> Dict[str, np.ndarray]:
+                          layer0_value_lora: bool = True,
+                          progress: Optional[ProgressFn] = None) -> Dict[str, np.ndarray]:
     """A random RWKV-7.0 state dict with official names and shapes.
 
     lora: ranks {"decay", "a", "v", "gate"} (default: default_v7_lora).
@@ -278,7 +296,7 @@ def make_rwkv7_state_dict(n_vocab: int, n_embed: int, n_layer: int, head_size: i
         sd[p + f"att.{short}1"] = rng.normal(0.0, 1.0 / math.sqrt(D), (D, rank))
         sd[p + f"att.{short}2"] = rng.normal(0.0, scale / math.sqrt(rank), (rank, D))
 
-    for i in range(n_layer):
+    for i in _layers(n_layer, progress):
         p, (r01, r10) = f"blocks.{i}.", _ratios(i, n_layer)
         sd.update(_attention_matrices(rng, p, D, out_scale, False))
         for m, power in (("r", 0.2), ("w", 0.9), ("k", 0.7), ("v", 0.7), ("a", 0.9), ("g", 0.2)):
@@ -300,22 +318,25 @@ def make_rwkv7_state_dict(n_vocab: int, n_embed: int, n_layer: int, head_size: i
 
 
 def make_state_dict(version: str, n_vocab: int, n_embed: int, n_layer: int, head_size: int = 64,
-                    n_ffn: Optional[int] = None, seed: int = 0) -> Dict[str, np.ndarray]:
-    """A random state dict of any version ('4', '5.0' ... '7.0')."""
+                    n_ffn: Optional[int] = None, seed: int = 0,
+                    progress: Optional[ProgressFn] = None) -> Dict[str, np.ndarray]:
+    """A random state dict of any version ('4', '5.0' ... '7.0');
+    ``progress(fraction of the layers done)`` after each layer."""
     if version == "4":
-        return make_rwkv4_state_dict(n_vocab, n_embed, n_layer, n_ffn, seed)
+        return make_rwkv4_state_dict(n_vocab, n_embed, n_layer, n_ffn, seed, progress=progress)
     if version.startswith("5"):
-        return make_rwkv5_state_dict(n_vocab, n_embed, n_layer, head_size, version, n_ffn, seed)
+        return make_rwkv5_state_dict(n_vocab, n_embed, n_layer, head_size, version, n_ffn, seed, progress=progress)
     if version == "6.0":
-        return make_rwkv6_state_dict(n_vocab, n_embed, n_layer, head_size, n_ffn, seed)
+        return make_rwkv6_state_dict(n_vocab, n_embed, n_layer, head_size, n_ffn, seed, progress=progress)
     if version == "7.0":
-        return make_rwkv7_state_dict(n_vocab, n_embed, n_layer, head_size, n_ffn, seed)
+        return make_rwkv7_state_dict(n_vocab, n_embed, n_layer, head_size, n_ffn, seed, progress=progress)
     raise ValueError(f"unknown RWKV version {version!r}")
 
 
-def save_safetensors(path: str, sd: Dict[str, np.ndarray], dtype: str = "F32") -> None:
+def save_safetensors(path: str, sd: Dict[str, np.ndarray], dtype: str = "F32", progress=None) -> None:
     """Save a state dict as safetensors in ``'F32'`` or ``'BF16'`` (rounded
-    to nearest even, as ``tensor.to(torch.bfloat16)``)."""
+    to nearest even, as ``tensor.to(torch.bfloat16)``), atomically;
+    ``progress(done_bytes, total_bytes, name)`` after each tensor."""
     if dtype not in ("F32", "BF16", "F16"):
         raise ValueError(f"dtype must be F32, F16 or BF16, got {dtype!r}")
-    write_safetensors(path, sd, dtype=dtype)
+    write_safetensors(path, sd, dtype=dtype, progress=progress)

@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import os
 import struct
-from typing import Dict, Mapping, Optional
+from typing import Callable, Dict, Mapping, Optional
 
 import numpy as np
 
 from .errors import ConvertError
+from .paths import write_file_atomically
 from .tensors import (ITEMSIZE, RAW_NUMPY_DTYPES, Checkpoint, SourceTensor,
                       f32_to_bf16_bits, shape_numel)
 
@@ -129,25 +130,35 @@ _NUMPY_TO_TAG = {np.dtype(np.float64): "F64", np.dtype(np.float32): "F32",
                  np.dtype(np.float16): "F16"}
 
 
-def _encode(name: str, array: np.ndarray, dtype: Optional[str]):
-    """(tag, little-endian bytes) of one array, converted to ``dtype``."""
+def _dtype_tag(name: str, array: np.ndarray, dtype: Optional[str]):
+    """(tag, byte size) of one array stored as ``dtype`` (None: its own)."""
     array = np.asarray(array)
     if dtype is None:
         dtype = _NUMPY_TO_TAG.get(array.dtype.newbyteorder("="))
         if dtype is None:
             raise ConvertError(f"tensor '{name}': cannot store numpy dtype {array.dtype}")
     if dtype == "BF16":
-        data = f32_to_bf16_bits(array.astype(np.float32))
-    elif dtype in RAW_NUMPY_DTYPES:
-        data = array.astype(RAW_NUMPY_DTYPES[dtype])
-    else:
+        return dtype, 2 * array.size
+    if dtype not in RAW_NUMPY_DTYPES:
         raise ConvertError(f"tensor '{name}': unknown safetensors dtype {dtype!r}")
+    return dtype, ITEMSIZE[dtype] * array.size
+
+
+def _encode(name: str, array: np.ndarray, dtype: Optional[str]):
+    """(tag, little-endian bytes) of one array, converted to ``dtype``."""
+    array = np.asarray(array)
+    dtype, _ = _dtype_tag(name, array, dtype)
+    if dtype == "BF16":
+        data = f32_to_bf16_bits(array.astype(np.float32))
+    else:
+        data = array.astype(RAW_NUMPY_DTYPES[dtype])
     return dtype, np.ascontiguousarray(data).tobytes()
 
 
 def write_safetensors(path: str, arrays: Mapping[str, np.ndarray],
                       dtype: Optional[str] = None,
-                      metadata: Optional[Dict[str, str]] = None) -> None:
+                      metadata: Optional[Dict[str, str]] = None,
+                      progress: Optional[Callable[[int, int, str], None]] = None) -> None:
     """Write numpy arrays to a safetensors file.
 
     Args:
@@ -156,20 +167,28 @@ def write_safetensors(path: str, arrays: Mapping[str, np.ndarray],
         dtype: None keeps each array's dtype; ``'F32'``, ``'F16'``, ``'F64'``
             or ``'BF16'`` converts every array (BF16 rounds to nearest even).
         metadata: optional str -> str metadata.
+        progress: optional ``progress(done_bytes, total_bytes, name)``,
+            called after each array is written.
     """
-    header, blobs, offset = {}, [], 0
+    header, offset = {}, 0
     for name, array in arrays.items():
-        tag, blob = _encode(name, array, dtype)
+        tag, size = _dtype_tag(name, array, dtype)
         header[name] = {"dtype": tag, "shape": list(np.shape(array)),
-                        "data_offsets": [offset, offset + len(blob)]}
-        blobs.append(blob)
-        offset += len(blob)
+                        "data_offsets": [offset, offset + size]}
+        offset += size
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     text = json.dumps(header, separators=(",", ":")).encode("utf-8")
     text += b" " * (-len(text) % 8)  # the data section starts 8-byte aligned
-    with open(path, "wb") as f:
+
+    def write(f) -> int:
         f.write(struct.pack("<Q", len(text)))
         f.write(text)
-        for blob in blobs:
-            f.write(blob)
+        done = 0
+        for name, array in arrays.items():
+            done += f.write(_encode(name, array, dtype)[1])
+            if progress:
+                progress(done, offset, name)
+        return 8 + len(text) + done
+
+    write_file_atomically(path, write)

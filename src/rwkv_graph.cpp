@@ -5,6 +5,8 @@
 #include "rwkv_graph_common.h"
 #include "rwkv_model.h"
 
+#include "ggml.h"
+
 namespace rwkv {
 
 namespace {
@@ -27,6 +29,17 @@ constexpr size_t NODES_EXTRA = 64;  // embedding, ln0, head
 
 size_t graph_max_nodes(const Model & model) {
     return nodes_per_layer(model.hparams().arch) * model.hparams().n_layer + NODES_EXTRA;
+}
+
+GraphIO new_graph_io(ggml_context * ctx, const Model & model, uint32_t n_tokens, uint32_t n_seqs) {
+    const int64_t n_state = static_cast<int64_t>(model.state_len());
+    GraphIO io;
+    io.tokens = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n_tokens);
+    io.seqs = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, int64_t(n_seqs) + 1);
+    io.last = ggml_new_tensor_1d(ctx, GGML_TYPE_I32, n_seqs);
+    io.state_in = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, n_state, n_seqs);
+    io.state_out = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, n_state, n_seqs);
+    return io;
 }
 
 void build_graph(ggml_context * ctx, ggml_cgraph * gf, const Model & model, GraphIO & io, LogitsMode logits) {

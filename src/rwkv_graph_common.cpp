@@ -11,8 +11,10 @@ namespace rwkv {
 GraphBuilder::GraphBuilder(ggml_context * ctx_, ggml_cgraph * gf_, const Model & model_, GraphIO & io_,
                            LogitsMode logits_)
     : ctx(ctx_), gf(gf_), model(model_), hp(model_.hparams()), io(io_), logits(logits_),
-      n_tokens(io_.tokens->ne[0]) {
+      n_tokens(io_.tokens->ne[0]), n_seqs(io_.last->ne[0]) {
     name(io.tokens, "tokens", NO_LAYER);
+    name(io.seqs, "seqs", NO_LAYER);
+    name(io.last, "last", NO_LAYER);
     name(io.state_in, "state_in", NO_LAYER);
     name(io.state_out, "state_out", NO_LAYER);
 }
@@ -48,15 +50,21 @@ ggml_tensor * GraphBuilder::layer_norm(ggml_tensor * x, NormWeights ln, const st
 }
 
 ggml_tensor * GraphBuilder::state_in(size_t offset, int64_t n, const std::string & slot, int il) const {
-    return name(ggml_view_1d(ctx, io.state_in, n, offset * sizeof(float)), slot + "_in", il);
+    ggml_tensor * v = ggml_view_2d(ctx, io.state_in, n, n_seqs, io.state_in->nb[1], offset * sizeof(float));
+    return name(v, slot + "_in", il);
 }
 
 ggml_tensor * GraphBuilder::state_out(size_t offset, int64_t n, const std::string & slot, int il) const {
-    return name(ggml_view_1d(ctx, io.state_out, n, offset * sizeof(float)), slot + "_out", il);
+    ggml_tensor * v = ggml_view_2d(ctx, io.state_out, n, n_seqs, io.state_out->nb[1], offset * sizeof(float));
+    return name(v, slot + "_out", il);
 }
 
 void GraphBuilder::store(ggml_tensor * src, size_t offset, const std::string & slot, int il) const {
-    keep(name(ggml_cpy(ctx, src, state_out(offset, ggml_nelements(src), slot, il)), slot + "_store", il));
+    keep(name(ggml_cpy(ctx, src, state_out(offset, src->ne[0], slot, il)), slot + "_store", il));
+}
+
+ggml_tensor * GraphBuilder::last_columns(ggml_tensor * x, const std::string & what, int il) const {
+    return name(ggml_get_rows(ctx, x, io.last), what, il);
 }
 
 ggml_tensor * GraphBuilder::column_block(ggml_tensor * t, int64_t m, const std::string & what, int il) const {
@@ -82,7 +90,7 @@ void GraphBuilder::output_logits(ggml_tensor * x) const {
         return;
     }
     if (logits == LogitsMode::LAST) {
-        x = name(ggml_view_2d(ctx, x, hp.n_embed, 1, x->nb[1], (x->ne[1] - 1) * x->nb[1]), "out_last", NO_LAYER);
+        x = last_columns(x, "out_last", NO_LAYER);
     }
     ggml_tensor * h = layer_norm(x, {model.ln_out_w, model.ln_out_b}, "ln_out", NO_LAYER);
     io.logits = matmul(model.head, h, "logits", NO_LAYER);
@@ -93,15 +101,15 @@ void GraphBuilder::output_logits(ggml_tensor * x) const {
 Shifted GraphBuilder::norm_shift(ggml_tensor * x, NormWeights ln, size_t offset, const std::string & part,
                                  int il) const {
     ggml_tensor * xx = layer_norm(x, ln, part + "_norm", il);
-    // xx[:, -1]: the last column
-    ggml_tensor * last = ggml_view_1d(ctx, xx, xx->ne[0], (xx->ne[1] - 1) * xx->nb[1]);
-    store(name(last, part + "_norm_last", il), offset, part + "_shift", il);
+    // xx[:, -1] of each sequence
+    store(last_columns(xx, part + "_norm_last", il), offset, part + "_shift", il);
     return {xx, state_in(offset, hp.n_embed, part + "_shift", il)};
 }
 
 ggml_tensor * GraphBuilder::wkv_output(ggml_tensor * out, size_t offset, int il) const {
-    const int64_t D = out->ne[0], n_state = D * (out->ne[1] - n_tokens);
-    ggml_tensor * state = name(ggml_view_1d(ctx, out, n_state, n_tokens * out->nb[1]), "wkv_state_new", il);
+    const int64_t D = out->ne[0], n_state = D * ((out->ne[1] - n_tokens) / n_seqs);
+    ggml_tensor * state = name(ggml_view_2d(ctx, out, n_state, n_seqs, n_state * out->nb[0], n_tokens * out->nb[1]),
+                               "wkv_state_new", il);
     store(state, offset, "wkv_state", il);
     return name(ggml_view_2d(ctx, out, D, n_tokens, out->nb[1], 0), "wkv_y", il);
 }
@@ -116,14 +124,15 @@ ggml_tensor * GraphBuilder::channel_mix_rkv(ggml_tensor * x, const FfnRKV & f, N
         // kx, rx = xx * mix + sx * (1 - mix)   (one fused node, which also
         // writes xx[-1] into the output state)
         ggml_tensor * mixed = ln_shift_mix(ctx, x, ln2.w, ln2.b, state_in(offset, hp.n_embed, "ffn_shift", il),
-                                           state_out(offset, hp.n_embed, "ffn_shift", il), mu, 2, &hp.ln_eps);
+                                           state_out(offset, hp.n_embed, "ffn_shift", il), io.seqs, mu, 2,
+                                           &hp.ln_eps);
         keep(name(mixed, "ffn_mix", il));  // keep its state write even without a consumer
         kx = column_block(mixed, 0, "ffn_kx", il);
         rx = column_block(mixed, 1, "ffn_rx", il);
     } else {
         // v6: kx, rx = xx + (sx - xx) * maa
         const Shifted s = norm_shift(x, ln2, offset, "ffn", il);
-        ggml_tensor * mixed = name(shift_mix(ctx, s.xx, s.x_prev, mu, 2, form), "ffn_mix", il);
+        ggml_tensor * mixed = name(shift_mix(ctx, s.xx, s.x_prev, io.seqs, mu, 2, form), "ffn_mix", il);
         kx = block(mixed, 0, "ffn_kx", il);
         rx = block(mixed, 1, "ffn_rx", il);
     }

@@ -51,6 +51,7 @@ public:
     GraphIO & io;
     const LogitsMode logits;
     const int64_t n_tokens;  // T: activations are [n_embed, T], one column per token
+    const int64_t n_seqs;    // S: sequence slots, each with its own state (io.seqs says which columns)
 
     // Names t "what.il" ("what" for NO_LAYER) and returns it.
     ggml_tensor * name(ggml_tensor * t, const std::string & what, int il) const;
@@ -67,11 +68,13 @@ public:
     ggml_tensor * layer_norm(ggml_tensor * x, NormWeights ln, const std::string & what, int il) const;
 
     // The state slot [offset, offset + n) of the input state ("slot_in") and
-    // of the output state ("slot_out"), as 1-D views.
+    // of the output state ("slot_out") of every sequence: [n, S] views
+    // (row s: sequence s), the per-sequence state inputs of the ops.
     ggml_tensor * state_in(size_t offset, int64_t n, const std::string & slot, int il) const;
     ggml_tensor * state_out(size_t offset, int64_t n, const std::string & slot, int il) const;
 
-    // state_out[offset : offset + numel(src)] = src, as a graph output ("slot_store").
+    // state_out[s][offset : offset + n] = src[s] for src [n, S] (contiguous),
+    // as a graph output ("slot_store").
     void store(ggml_tensor * src, size_t offset, const std::string & slot, int il) const;
 
     // Column block m (T columns) of a [D, n*T] tensor (the fused ln_shift_mix output).
@@ -84,16 +87,22 @@ public:
     // does too); files that keep ln0 (rwkv.cpp imports) apply it here.
     ggml_tensor * embed() const;
 
-    // x = F.layer_norm(x[-1] (or every x), ..., ln_out) @ head -> io.logits.
+    // The last column of each sequence of x [D, T]: [D, S] ("what").
+    ggml_tensor * last_columns(ggml_tensor * x, const std::string & what, int il) const;
+
+    // x = F.layer_norm(x[-1] (or every x), ..., ln_out) @ head -> io.logits
+    // (x[-1]: each sequence's last column).
     void output_logits(ggml_tensor * x) const;
 
     // xx = F.layer_norm(x, ..., ln); x_prev = state_in[offset : offset + D];
-    // stores xx[-1] at state_out[offset] (the next call's x_prev).  part:
+    // stores each sequence's xx[-1] at state_out[offset] (the next call's
+    // x_prev).  part:
     // "att" or "ffn", the prefix of the nodes' names.
     Shifted norm_shift(ggml_tensor * x, NormWeights ln, size_t offset, const std::string & part, int il) const;
 
-    // Splits a [D, T + N] WKV result (wkv5, wkv7): stores its new state
-    // (columns T..) at state_out[offset] and returns its output columns [D, T].
+    // Splits a [D, T + N * S] WKV result (wkv5, wkv7): stores the new state
+    // of each sequence (N columns each from column T) at state_out[offset]
+    // and returns the output columns [D, T].
     ggml_tensor * wkv_output(ggml_tensor * out, size_t offset, int il) const;
 
     // Channel mixing with receptance (RWKV-4/5 ffn_one, RWKV-6 ffn_one_v6):

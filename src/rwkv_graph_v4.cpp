@@ -22,7 +22,8 @@ ggml_tensor * time_mixing(const GraphBuilder & b, const LayerV4 & l, int il, ggm
     ggml_tensor * mixes[] = {l.att_mix_k, l.att_mix_v, l.att_mix_r};
     const size_t xx_off = m.v4_state_offset(il, V4_ATT_XX);
     ggml_tensor * kvr = b.name(ln_shift_mix(b.ctx, x, l.ln1_w, l.ln1_b, b.state_in(xx_off, D, "att_shift", il),
-                                            b.state_out(xx_off, D, "att_shift", il), mixes, 3, &b.hp.ln_eps),
+                                            b.state_out(xx_off, D, "att_shift", il), b.io.seqs, mixes, 3,
+                                            &b.hp.ln_eps),
                                "att_mix", il);
     // k = kx @ kw; v = vx @ vw; r = rx @ rw
     ggml_tensor * k = b.matmul(l.att_k, b.column_block(kvr, 0, "att_kx", il), "att_k", il);
@@ -32,7 +33,7 @@ ggml_tensor * time_mixing(const GraphBuilder & b, const LayerV4 & l, int il, ggm
     const size_t aa_off = m.v4_state_offset(il, V4_ATT_AA);
     ggml_tensor * rwkv = b.name(wkv4_gated(b.ctx, k, v, r, l.att_first, l.att_decay,
                                            b.state_in(aa_off, 3 * A, "wkv_state", il),
-                                           b.state_out(aa_off, 3 * A, "wkv_state", il)),
+                                           b.state_out(aa_off, 3 * A, "wkv_state", il), b.io.seqs),
                                 "wkv", il);
     // The fused nodes write the new state as a side effect: keep them in the
     // graph even where nothing consumes their output.

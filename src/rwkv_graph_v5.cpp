@@ -22,7 +22,7 @@ ggml_tensor * time_mixing(const GraphBuilder & b, const LayerV5 & l, int il, ggm
     // kx, vx, rx, gx = xx * time_mix_{k,v,r,g} + sx * (1 - time_mix_{k,v,r,g})
     ggml_tensor * const mu[] = {l.mix_k, l.mix_v, l.mix_r, l.mix_g};
     ggml_tensor * mixed =
-        b.name(shift_mix(b.ctx, s.xx, s.x_prev, mu, hp.has_gate ? 4 : 3, MixForm::WeightedSum), "att_mix", il);
+        b.name(shift_mix(b.ctx, s.xx, s.x_prev, b.io.seqs, mu, hp.has_gate ? 4 : 3, MixForm::WeightedSum), "att_mix", il);
     // r = rx @ rw; k = kx @ kw; v = vx @ vw   (no sigmoid on r from v5 on)
     ggml_tensor * r = b.matmul(l.att.r, b.block(mixed, 2, "att_rx", il), "att_r", il);
     ggml_tensor * k = b.matmul(l.att.k, b.block(mixed, 0, "att_kx", il), "att_k", il);
@@ -31,8 +31,8 @@ ggml_tensor * time_mixing(const GraphBuilder & b, const LayerV5 & l, int il, ggm
     const size_t s_off = b.model.wkv_state_offset(il, WKV_ATT_STATE);
     ggml_tensor * state = b.state_in(s_off, int64_t(hp.n_embed) * hp.head_size, "wkv_state", il);
     ggml_tensor * out =
-        b.name(wkv5(b.ctx, hp.n_head, hp.head_size, &hp.ln_x_eps, r, k, v, l.decay, nullptr, l.bonus, l.att.lnx_w,
-                    l.att.lnx_b, state),
+        b.name(wkv5(b.ctx, hp.n_head, hp.head_size, &hp.ln_x_eps, r, k, v, l.decay, false, l.bonus, l.att.lnx_w,
+                    l.att.lnx_b, state, b.io.seqs),
                "wkv", il);
     ggml_tensor * y = b.wkv_output(out, s_off, il);
     if (hp.has_gate) {

@@ -21,7 +21,7 @@ namespace {
 ggml_tensor * data_dependent_mix(const GraphBuilder & b, const LayerV6 & l, int il, const Shifted & s) {
     ggml_context * ctx = b.ctx;
     const int64_t E = l.maa_w2->ne[0], T = b.n_tokens;
-    ggml_tensor * xxx = b.name(shift_mix(ctx, s.xx, s.x_prev, &l.maa_x, 1, MixForm::AddDelta), "att_maa_x", il);
+    ggml_tensor * xxx = b.name(shift_mix(ctx, s.xx, s.x_prev, b.io.seqs, &l.maa_x, 1, MixForm::AddDelta), "att_maa_x", il);
     ggml_tensor * h = b.name(ggml_mul_mat(ctx, l.maa_w1, xxx), "att_maa_w1", il);
     ggml_tensor * lora = b.name(ggml_tanh(ctx, h), "att_maa_tanh", il);  // [5E, T] = (T, 5, E)
     // (T, 5, E) -> (5, T, E), i.e. ggml [E, T, 5], the batch of the bmm
@@ -35,15 +35,15 @@ ggml_tensor * data_dependent_mix(const GraphBuilder & b, const LayerV6 & l, int 
     }
     // maa_w2 stored (5, D, E): [D, T, 5]
     ggml_tensor * mwkvrg = b.name(ggml_mul_mat(ctx, l.maa_w2, batch), "att_maa_w2", il);
-    return b.name(shift_mix_lora(ctx, s.xx, s.x_prev, mwkvrg, l.maa), "att_mix", il);
+    return b.name(shift_mix_lora(ctx, s.xx, s.x_prev, b.io.seqs, mwkvrg, l.maa), "att_mix", il);
 }
 
-// w = t_decay + tanh(wx @ td_w1) @ td_w2   (this returns the LoRA term;
-// exp(-exp(w)) is taken in wkv5)
+// w = t_decay + tanh(wx @ td_w1) @ td_w2   (exp(-exp(w)) is taken in wkv5)
 ggml_tensor * decay_lora(const GraphBuilder & b, const LayerV6 & l, int il, ggml_tensor * wx) {
     ggml_tensor * h = b.name(ggml_mul_mat(b.ctx, l.decay_w1, wx), "att_decay_w1", il);
     ggml_tensor * a = b.name(ggml_tanh(b.ctx, h), "att_decay_tanh", il);
-    return b.name(ggml_mul_mat(b.ctx, l.decay_w2, a), "att_decay_lora", il);
+    ggml_tensor * lora = b.name(ggml_mul_mat(b.ctx, l.decay_w2, a), "att_decay_lora", il);
+    return b.name(ggml_add(b.ctx, lora, l.decay), "att_decay", il);
 }
 
 // Time mixing of layer il; returns x + att(x).
@@ -57,13 +57,13 @@ ggml_tensor * time_mixing(const GraphBuilder & b, const LayerV6 & l, int il, ggm
     ggml_tensor * v = b.matmul(l.att.v, b.block(mixed, 2, "att_vx", il), "att_v", il);
     ggml_tensor * g =
         b.name(ggml_silu(b.ctx, b.matmul(l.att.g, b.block(mixed, 4, "att_gx", il), "att_g", il)), "att_g_silu", il);
-    ggml_tensor * w_lora = decay_lora(b, l, il, b.block(mixed, 0, "att_wx", il));
+    ggml_tensor * w = decay_lora(b, l, il, b.block(mixed, 0, "att_wx", il));
     // out = GroupNorm(r @ (u * k @ v + s)); s = k @ v + w * s
     const size_t s_off = b.model.wkv_state_offset(il, WKV_ATT_STATE);
     ggml_tensor * state = b.state_in(s_off, int64_t(hp.n_embed) * hp.head_size, "wkv_state", il);
     ggml_tensor * out =
-        b.name(wkv5(b.ctx, hp.n_head, hp.head_size, &hp.ln_x_eps, r, k, v, l.decay, w_lora, l.bonus, l.att.lnx_w,
-                    l.att.lnx_b, state),
+        b.name(wkv5(b.ctx, hp.n_head, hp.head_size, &hp.ln_x_eps, r, k, v, w, true, l.bonus, l.att.lnx_w,
+                    l.att.lnx_b, state, b.io.seqs),
                "wkv", il);
     ggml_tensor * y = b.wkv_output(out, s_off, il);
     // x + (out * g) @ ow

@@ -31,7 +31,7 @@ ggml_tensor * time_mixing(const GraphBuilder & b, const LayerV7 & l, int il, ggm
     const HParams & hp = b.hp;
     const Shifted s = b.norm_shift(x, {l.att.ln1_w, l.att.ln1_b}, b.model.wkv_state_offset(il, WKV_ATT_XX), "att", il);
     // xr, xw, xk, xv, xa, xg = x + xx * x_r, ...  (xx = cat(x_prev, x[:-1]) - x)
-    ggml_tensor * mixed = b.name(shift_mix(b.ctx, s.xx, s.x_prev, l.x, V7_MIXES, MixForm::AddDelta), "att_mix", il);
+    ggml_tensor * mixed = b.name(shift_mix(b.ctx, s.xx, s.x_prev, b.io.seqs, l.x, V7_MIXES, MixForm::AddDelta), "att_mix", il);
     ggml_tensor * xv = b.block(mixed, V7_MIX_V, "att_vx", il);
     // r = xr @ R_; k = xk @ K_; v = xv @ V_
     ggml_tensor * r = b.matmul(l.att.r, b.block(mixed, V7_MIX_R, "att_rx", il), "att_r", il);
@@ -54,7 +54,7 @@ ggml_tensor * time_mixing(const GraphBuilder & b, const LayerV7 & l, int il, ggm
     const size_t s_off = b.model.wkv_state_offset(il, WKV_ATT_STATE);
     ggml_tensor * state = b.state_in(s_off, int64_t(hp.n_embed) * hp.head_size, "wkv_state", il);
     ggml_tensor * out = b.name(wkv7(b.ctx, hp.n_head, hp.head_size, &hp.ln_x_eps, r, w_lora, l.w0, prep, l.r_k,
-                                    l.att.lnx_w, l.att.lnx_b, state),
+                                    l.att.lnx_w, l.att.lnx_b, state, b.io.seqs),
                                "wkv", il);
     ggml_tensor * y = b.wkv_output(out, s_off, il);
     // x + (xx * g) @ O_
@@ -66,7 +66,7 @@ ggml_tensor * time_mixing(const GraphBuilder & b, const LayerV7 & l, int il, ggm
 //   k = x + xx * x_k;  k = torch.relu(k @ K_) ** 2;  x + k @ V_
 ggml_tensor * channel_mixing(const GraphBuilder & b, const LayerV7 & l, int il, ggml_tensor * x) {
     const Shifted s = b.norm_shift(x, {l.att.ln2_w, l.att.ln2_b}, b.model.wkv_state_offset(il, WKV_FFN_XX), "ffn", il);
-    ggml_tensor * kx = b.name(shift_mix(b.ctx, s.xx, s.x_prev, &l.ffn_x_k, 1, MixForm::AddDelta), "ffn_kx", il);
+    ggml_tensor * kx = b.name(shift_mix(b.ctx, s.xx, s.x_prev, b.io.seqs, &l.ffn_x_k, 1, MixForm::AddDelta), "ffn_kx", il);
     ggml_tensor * k = b.name(relu_sq(b.ctx, b.matmul(l.ffn_k, kx, "ffn_k", il)), "ffn_k_sq", il);
     return b.name(ggml_add(b.ctx, x, b.matmul(l.ffn_v, k, "ffn_v", il)), "ffn_res", il);
 }

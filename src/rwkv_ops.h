@@ -21,6 +21,17 @@
 // f32.  The ops take plain sizes, never the model's hyper-parameters.  An
 // epsilon passed by pointer is read at compute time: it must outlive the
 // graph.
+//
+// Batches of sequences: the ops that carry something from one token to the
+// next (the token shifts and the WKV recurrences) take `seqs`, an i32
+// tensor of n_seqs + 1 offsets read at compute time: sequence s is the
+// columns [seqs[s], seqs[s+1]) of every [D, T] input (empty for a padded
+// slot), the columns from seqs[n_seqs] to T are padding (their outputs are
+// finite: zeros from the WKV ops).  Their state inputs and outputs are then
+// [n, n_seqs] with row s the state of sequence s, views into the state
+// buffers with any row stride.  seqs == nullptr: one sequence of all T
+// columns (the state a single row).  The layout is an input of the graph,
+// so one graph serves every mix of sequence lengths of its (T, n_seqs).
 #pragma once
 
 #include <cstdint>
@@ -35,9 +46,9 @@ namespace rwkv {
 // ---------------------------------------------------------------------------
 
 // The most mixes of one node: ggml_custom_4d takes fewer than GGML_MAX_SRC
-// (10) sources, of which ln_shift_mix needs 5 and shift_mix 2 for others.
+// (10) sources, of which ln_shift_mix needs 6 and shift_mix 3 for others.
 constexpr int LN_SHIFT_MIX_MAX = 3;
-constexpr int SHIFT_MIX_MAX = 7;
+constexpr int SHIFT_MIX_MAX = 6;
 constexpr int SHIFT_MIX_LORA_N = 5;
 
 // How a token-shift mix combines the current (xx) and previous (sx) token.
@@ -50,30 +61,31 @@ enum class MixForm {
 
 // Fused pre-norm, token shift and mixes of an RWKV-4 block:
 //   xx = F.layer_norm(x, w, b, eps)                 (per column of x [D, T])
-//   sx = cat(x_prev, xx[:, :-1])                    (previous token's xx)
+//   sx = cat(x_prev, xx[:, :-1])                    (previous token's xx, per sequence)
 //   out[:, m*T + t] = sx_t + (xx_t - sx_t) * mix_m  (= xx*mix + sx*(1-mix))
 // for the n_mix (1..LN_SHIFT_MIX_MAX) mix vectors; returns [D, n_mix*T].
-// Writes xx[:, T-1] into x_prev_out, a buffer that the graph never reads
-// and the graph allocator never touches (the context's output state), so
-// the side effect is safe and saves a copy node.
+// Writes each sequence's last xx column into its row of x_prev_out, a
+// buffer that the graph never reads and the graph allocator never touches
+// (the context's output state), so the side effect is safe and saves a copy
+// node.
 ggml_tensor * ln_shift_mix(ggml_context * ctx, ggml_tensor * x, ggml_tensor * w, ggml_tensor * b,
-                           ggml_tensor * x_prev, ggml_tensor * x_prev_out, ggml_tensor * const * mixes, int n_mix,
-                           const float * eps);
+                           ggml_tensor * x_prev, ggml_tensor * x_prev_out, ggml_tensor * seqs,
+                           ggml_tensor * const * mixes, int n_mix, const float * eps);
 
 // Token shift then n mixes (1 <= n <= SHIFT_MIX_MAX):
 //   sx = torch.cat((x_prev.unsqueeze(0), xx[:-1, :]))
 //   out[i] = mix(xx, sx, mu[i])        (mix: the formula of `form`)
 // xx: [D, T]; x_prev, mu[i]: [D].  Returns [D, T, n]: mix i is the
 // contiguous [D, T] block i.
-ggml_tensor * shift_mix(ggml_context * ctx, ggml_tensor * xx, ggml_tensor * x_prev, ggml_tensor * const * mu, int n,
-                        MixForm form);
+ggml_tensor * shift_mix(ggml_context * ctx, ggml_tensor * xx, ggml_tensor * x_prev, ggml_tensor * seqs,
+                        ggml_tensor * const * mu, int n, MixForm form);
 
 // RWKV-6 data-dependent token shift (the second half of att_seq_v6_0):
 //   sx = cat(x_prev, xx[:-1]) - xx
 //   out[i] = xx + sx * (maa[i] + m[i])        i = 0..4 (w, k, v, r, g)
 // m: [D, T, 5], the LoRA output; maa[i]: [D].  Returns [D, T, 5].
-ggml_tensor * shift_mix_lora(ggml_context * ctx, ggml_tensor * xx, ggml_tensor * x_prev, ggml_tensor * m,
-                             ggml_tensor * const * maa);
+ggml_tensor * shift_mix_lora(ggml_context * ctx, ggml_tensor * xx, ggml_tensor * x_prev, ggml_tensor * seqs,
+                             ggml_tensor * m, ggml_tensor * const * maa);
 
 // ---------------------------------------------------------------------------
 // WKV recurrences
@@ -87,19 +99,20 @@ ggml_tensor * shift_mix_lora(ggml_context * ctx, ggml_tensor * xx, ggml_tensor *
 //   (written as a side effect, like ln_shift_mix's x_prev_out).
 // Returns [A, T]: sigmoid(r) * wkv.
 ggml_tensor * wkv4_gated(ggml_context * ctx, ggml_tensor * k, ggml_tensor * v, ggml_tensor * r, ggml_tensor * first,
-                         ggml_tensor * decay, ggml_tensor * state_in, ggml_tensor * state_out);
+                         ggml_tensor * decay, ggml_tensor * state_in, ggml_tensor * state_out, ggml_tensor * seqs);
 
 // RWKV-5/6 WKV followed by ln_x, per head h (D = n_head * head_size; state
 // S_h is N x N with N = head_size, indexed [key i, value j]) and token t:
 //   a_ij = k_i v_j;  y_j = sum_i r_i (u_i a_ij + S_ij);  S_ij = a_ij + w_i S_ij
 //   out = GroupNorm(y, n_head groups, eps = *ln_x_eps) * lnx_w + lnx_b
-// decay: [D]; with decay_lora == nullptr (v5) it is w itself (stored as
-// exp(-exp(time_decay))); otherwise (v6) w = exp(-exp(decay + decay_lora))
-// with decay_lora [D, T].  bonus u: [D].  state: [D * N] (the H matrices).
-// Returns [D, T + N]: columns 0..T-1 are out, then the new state.
+// decay: without decay_per_token (v5) w itself, [D] (stored as
+// exp(-exp(time_decay))); with it (v6) time_decay + lora of each token,
+// [D, T], and w = exp(-exp(decay)).  bonus u: [D].  state: [D * N] (the H
+// matrices) per sequence.  Returns [D, T + N * n_seqs]: columns 0..T-1 are
+// out, then the new state of each sequence (N columns each).
 ggml_tensor * wkv5(ggml_context * ctx, int64_t n_head, int64_t head_size, const float * ln_x_eps, ggml_tensor * r,
-                   ggml_tensor * k, ggml_tensor * v, ggml_tensor * decay, ggml_tensor * decay_lora,
-                   ggml_tensor * bonus, ggml_tensor * lnx_w, ggml_tensor * lnx_b, ggml_tensor * state);
+                   ggml_tensor * k, ggml_tensor * v, ggml_tensor * decay, bool decay_per_token, ggml_tensor * bonus,
+                   ggml_tensor * lnx_w, ggml_tensor * lnx_b, ggml_tensor * state, ggml_tensor * seqs);
 
 // RWKV-7 per-token vectors before the WKV (RWKV_x070_TMix_one), per head of
 // head_size channels:
@@ -122,11 +135,12 @@ enum Wkv7PrepBlock { WKV7_KK = 0, WKV7_K = 1, WKV7_V = 2, WKV7_A = 3, WKV7_BLOCK
 //   S = S diag(w) + (S (-kk)) (kk * a)^T + v k'^T;   y = S r
 //   out = GroupNorm(y, eps = *ln_x_eps) * lnx_w + lnx_b + sum(r * k' * r_k) * v'
 // r, w_lora: [D, T]; prep: wkv7_prepare's output; w0, r_k (H, N), lnx_w,
-// lnx_b: [D]; state: [D * N].  Returns [D, T + N]: columns 0..T-1 are out,
-// then the new state.
+// lnx_b: [D]; state: [D * N] per sequence.  Returns [D, T + N * n_seqs]:
+// columns 0..T-1 are out, then the new state of each sequence (N columns
+// each).
 ggml_tensor * wkv7(ggml_context * ctx, int64_t n_head, int64_t head_size, const float * ln_x_eps, ggml_tensor * r,
                    ggml_tensor * w_lora, ggml_tensor * w0, ggml_tensor * prep, ggml_tensor * r_k,
-                   ggml_tensor * lnx_w, ggml_tensor * lnx_b, ggml_tensor * state);
+                   ggml_tensor * lnx_w, ggml_tensor * lnx_b, ggml_tensor * state, ggml_tensor * seqs);
 
 // ---------------------------------------------------------------------------
 // Element-wise

@@ -43,6 +43,55 @@ inline Range thread_range(int64_t n, int ith, int nth, int64_t block = 1) {
     return {std::min(n, n_blocks * ith / nth * block), std::min(n, n_blocks * (ith + 1) / nth * block)};
 }
 
+// The sequences of a batch (rwkv_ops.h, "Batches of sequences"): sequence s
+// is the columns [begin(s), end(s)) of a [D, T] activation; the columns from
+// end(n - 1) to T are padding, in no sequence.  Without a layout tensor the
+// whole of T is one sequence.
+class Seqs {
+public:
+    Seqs(const ggml_tensor * seqs, int64_t T)
+        : off_(seqs != nullptr ? static_cast<const int32_t *>(seqs->data) : single_),
+          n_(seqs != nullptr ? ggml_nelements(seqs) - 1 : 1), single_{0, static_cast<int32_t>(T)} {}
+    Seqs(const Seqs &) = delete;
+    Seqs & operator=(const Seqs &) = delete;
+
+    int64_t n() const { return n_; }
+    int64_t begin(int64_t s) const { return off_[s]; }
+    int64_t end(int64_t s) const { return off_[s + 1]; }
+    // The first padding column.
+    int64_t used() const { return off_[n_]; }
+
+private:
+    const int32_t * off_;
+    int64_t n_;
+    int32_t single_[2];
+};
+
+// Build-time check of a layout tensor for n_seqs sequences over T columns
+// (nullptr: one sequence, n_seqs must be 1).  The offsets themselves are
+// the caller's to keep in [0, T], non-decreasing.
+inline void check_seqs(const ggml_tensor * seqs, int64_t n_seqs) {
+    GGML_ASSERT(seqs == nullptr ? n_seqs == 1
+                                : seqs->type == GGML_TYPE_I32 && ggml_is_contiguous(seqs) &&
+                                      ggml_nelements(seqs) == n_seqs + 1);
+}
+
+// Build-time check of a per-sequence state input: n_seqs rows of n floats,
+// row s at t->nb[1] * s (a strided view into a state buffer), or one
+// contiguous row.
+inline void check_rows_f32(const ggml_tensor * t, int64_t n, int64_t n_seqs) {
+    GGML_ASSERT(t->type == GGML_TYPE_F32 && t->ne[0] == n && ggml_nelements(t) == n * n_seqs &&
+                t->nb[0] == sizeof(float) && (n_seqs == 1 || t->ne[1] == n_seqs));
+}
+
+// Row s of a per-sequence state (see check_rows_f32).
+inline const float * row_f32(const ggml_tensor * t, int64_t s) {
+    return reinterpret_cast<const float *>(static_cast<const char *>(t->data) + s * t->nb[1]);
+}
+inline float * row_f32_mut(const ggml_tensor * t, int64_t s) {
+    return reinterpret_cast<float *>(static_cast<char *>(t->data) + s * t->nb[1]);
+}
+
 // F.group_norm over one head's N values (biased variance, in double), then
 // the affine ln_x weight and bias of those channels.
 inline void group_norm_head(int64_t N, const float * y, const float * w, const float * b, float eps, float * out) {

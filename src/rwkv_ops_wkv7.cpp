@@ -18,6 +18,10 @@ using ops::f32;
 using ops::f32_mut;
 using ops::group_norm_head;
 using ops::Range;
+using ops::check_rows_f32;
+using ops::check_seqs;
+using ops::row_f32;
+using ops::Seqs;
 using ops::sigmoid;
 using ops::thread_range;
 
@@ -109,7 +113,7 @@ void wkv7_prepare_compute(ggml_tensor * dst, int ith, int nth, void * userdata) 
 // ---------------------------------------------------------------------------
 
 // Sources of the wkv7 node.
-enum Wkv7Src { R, W_LORA, W0, PREP, R_K, LNX_W, LNX_B, STATE, N_SRC };
+enum Wkv7Src { R, W_LORA, W0, PREP, R_K, LNX_W, LNX_B, STATE, SEQS, N_SRC };
 
 // One token of one head, S indexed [value i][key j]:
 //   S = S * w + (S @ -kk) (kk * a)^T + v k^T   (state * w + state @ ab + vk)
@@ -141,20 +145,25 @@ void wkv7_token_vectors(const ggml_tensor * dst, int64_t N, int64_t c0, int64_t 
     }
 }
 
-// dst [D, T + N]; heads are split between threads.  userdata: the ln_x eps.
+// dst [D, T + N * n_seqs]; (sequence, head) pairs are split between
+// threads, the new state of sequence s follows the T output columns as N
+// columns.  Padding columns are zero.  userdata: the ln_x eps.
 void wkv7_compute(ggml_tensor * dst, int ith, int nth, void * userdata) {
     const float eps = *static_cast<const float *>(userdata);
-    const int64_t D = dst->ne[0], T = dst->src[R]->ne[1], N = dst->ne[1] - T, DT = D * T;
+    const int64_t D = dst->ne[0], T = dst->src[R]->ne[1], DT = D * T;
+    const Seqs seqs(dst->src[SEQS], T);
+    const int64_t N = (dst->ne[1] - T) / seqs.n(), H = D / N;
     const float *r = f32(dst->src[R]), *prep = f32(dst->src[PREP]), *r_k = f32(dst->src[R_K]);
     const float *kp = prep + WKV7_K * DT, *vp = prep + WKV7_V * DT;
     const float *lnx_w = f32(dst->src[LNX_W]), *lnx_b = f32(dst->src[LNX_B]);
     float * out = f32_mut(dst);
     std::vector<float> w(N), neg_kk(N), b(N), y(N);
-    const Range heads = thread_range(D / N, ith, nth);
-    for (int64_t h = heads.begin; h < heads.end; ++h) {
-        float * S = out + DT + h * N * N;
-        std::memcpy(S, f32(dst->src[STATE]) + h * N * N, N * N * sizeof(float));
-        for (int64_t t = 0; t < T; ++t) {
+    const Range items = thread_range(seqs.n() * H, ith, nth);
+    for (int64_t p = items.begin; p < items.end; ++p) {
+        const int64_t s = p / H, h = p % H;
+        float * S = out + DT + s * N * D + h * N * N;
+        std::memcpy(S, row_f32(dst->src[STATE], s) + h * N * N, N * N * sizeof(float));
+        for (int64_t t = seqs.begin(s); t < seqs.end(s); ++t) {
             const int64_t c0 = t * D + h * N;
             wkv7_token_vectors(dst, N, c0, h, w.data(), neg_kk.data(), b.data());
             wkv7_step(N, r + c0, w.data(), kp + c0, vp + c0, neg_kk.data(), b.data(), S, y.data());
@@ -168,6 +177,10 @@ void wkv7_compute(ggml_tensor * dst, int ith, int nth, void * userdata) {
                 out[c0 + i] += bonus * vp[c0 + i];
             }
         }
+    }
+    const Range pad = thread_range(D, ith, nth, ops::CHANNEL_BLOCK);
+    for (int64_t t = seqs.used(); t < T; ++t) {
+        std::fill(out + t * D + pad.begin, out + t * D + pad.end, 0.0f);
     }
 }
 
@@ -197,8 +210,8 @@ ggml_tensor * wkv7_prepare(ggml_context * ctx, int64_t n_head, int64_t head_size
 
 ggml_tensor * wkv7(ggml_context * ctx, int64_t n_head, int64_t head_size, const float * ln_x_eps, ggml_tensor * r,
                    ggml_tensor * w_lora, ggml_tensor * w0, ggml_tensor * prep, ggml_tensor * r_k,
-                   ggml_tensor * lnx_w, ggml_tensor * lnx_b, ggml_tensor * state) {
-    const int64_t D = r->ne[0], N = head_size, T = r->ne[1];
+                   ggml_tensor * lnx_w, ggml_tensor * lnx_b, ggml_tensor * state, ggml_tensor * seqs) {
+    const int64_t D = r->ne[0], N = head_size, T = r->ne[1], S = seqs == nullptr ? 1 : ggml_nelements(seqs) - 1;
     GGML_ASSERT(n_head >= 1 && head_size >= 1 && n_head * head_size == D);
     check_f32(r, D * T);
     check_f32(w_lora, D * T);
@@ -206,9 +219,10 @@ ggml_tensor * wkv7(ggml_context * ctx, int64_t n_head, int64_t head_size, const 
     for (ggml_tensor * t : {w0, r_k, lnx_w, lnx_b}) {
         check_f32(t, D);
     }
-    check_f32(state, D * N);
-    ggml_tensor * args[N_SRC] = {r, w_lora, w0, prep, r_k, lnx_w, lnx_b, state};
-    return ggml_custom_4d(ctx, GGML_TYPE_F32, D, T + N, 1, 1, args, N_SRC, wkv7_compute, GGML_N_TASKS_MAX,
+    check_seqs(seqs, S);
+    check_rows_f32(state, D * N, S);
+    ggml_tensor * args[N_SRC] = {r, w_lora, w0, prep, r_k, lnx_w, lnx_b, state, seqs};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, D, T + N * S, 1, 1, args, N_SRC, wkv7_compute, GGML_N_TASKS_MAX,
                           const_cast<float *>(ln_x_eps));
 }
 

@@ -1,6 +1,7 @@
 #include "rwkv_testing.h"
 
 #include "rwkv_common.h"
+#include "rwkv_context.h"
 #include "rwkv_graph.h"
 #include "rwkv_model.h"
 #include "rwkv_ops.h"
@@ -148,19 +149,24 @@ ggml_tensor * build_op(ggml_context * ctx, int op, const rwkv_testing_op_args & 
     const int64_t H = a.n_head, N = a.head_size;
     switch (op) {
         case RWKV_TESTING_OP_LN_SHIFT_MIX:
-            return ln_shift_mix(ctx, in[0], in[1], in[2], in[3], side, in + 4, a.n_mix, &a.eps);
+            return ln_shift_mix(ctx, in[0], in[1], in[2], in[3], side, nullptr, in + 4, a.n_mix, &a.eps);
         case RWKV_TESTING_OP_SHIFT_MIX_WEIGHTED_SUM:
-            return shift_mix(ctx, in[0], in[1], in + 2, a.n_mix, MixForm::WeightedSum);
+            return shift_mix(ctx, in[0], in[1], nullptr, in + 2, a.n_mix, MixForm::WeightedSum);
         case RWKV_TESTING_OP_SHIFT_MIX_ADD_DELTA:
-            return shift_mix(ctx, in[0], in[1], in + 2, a.n_mix, MixForm::AddDelta);
-        case RWKV_TESTING_OP_SHIFT_MIX_LORA: return shift_mix_lora(ctx, in[0], in[1], in[2], in + 3);
-        case RWKV_TESTING_OP_WKV4_GATED: return wkv4_gated(ctx, in[0], in[1], in[2], in[3], in[4], in[5], side);
-        case RWKV_TESTING_OP_WKV5:
-            return wkv5(ctx, H, N, &a.eps, in[0], in[1], in[2], in[3], in[4], in[5], in[6], in[7], in[8]);
+            return shift_mix(ctx, in[0], in[1], nullptr, in + 2, a.n_mix, MixForm::AddDelta);
+        case RWKV_TESTING_OP_SHIFT_MIX_LORA: return shift_mix_lora(ctx, in[0], in[1], nullptr, in[2], in + 3);
+        case RWKV_TESTING_OP_WKV4_GATED:
+            return wkv4_gated(ctx, in[0], in[1], in[2], in[3], in[4], in[5], side, nullptr);
+        case RWKV_TESTING_OP_WKV5: {
+            // v6: the graph adds time_decay to the LoRA term before the op
+            const bool v6 = in[4] != nullptr;
+            ggml_tensor * decay = v6 ? ggml_add(ctx, in[4], in[3]) : in[3];
+            return wkv5(ctx, H, N, &a.eps, in[0], in[1], in[2], decay, v6, in[5], in[6], in[7], in[8], nullptr);
+        }
         case RWKV_TESTING_OP_WKV7_PREPARE:
             return wkv7_prepare(ctx, H, N, in[0], in[1], in[2], in[3], in[4], in[5], in[6], in[7], in[8]);
         case RWKV_TESTING_OP_WKV7:
-            return wkv7(ctx, H, N, &a.eps, in[0], in[1], in[2], in[3], in[4], in[5], in[6], in[7]);
+            return wkv7(ctx, H, N, &a.eps, in[0], in[1], in[2], in[3], in[4], in[5], in[6], in[7], nullptr);
         case RWKV_TESTING_OP_RELU_SQ: return relu_sq(ctx, in[0]);
         default: return gated_residual(ctx, in[0], in[1], in[2]);
     }
@@ -276,15 +282,13 @@ size_t rwkv_testing_graph_node_names(const char * path, uint32_t n_tokens, int l
     try {
         const std::unique_ptr<Model> model = Model::load(path, default_model_params());
         const size_t max_nodes = graph_max_nodes(*model);
-        // the graph's nodes and the three inputs
-        ggml_init_params ip = {ggml_tensor_overhead() * (max_nodes + 3) + ggml_graph_overhead_custom(max_nodes, false),
+        // the graph's nodes and its inputs
+        ggml_init_params ip = {ggml_tensor_overhead() * (max_nodes + GRAPH_IO_TENSORS) +
+                                   ggml_graph_overhead_custom(max_nodes, false),
                                nullptr, /*no_alloc =*/ true};
         std::unique_ptr<ggml_context, decltype(&ggml_free)> ctx(ggml_init(ip), ggml_free);
         if (!ctx) return 0;
-        GraphIO io;
-        io.tokens = ggml_new_tensor_1d(ctx.get(), GGML_TYPE_I32, n_tokens);
-        io.state_in = ggml_new_tensor_1d(ctx.get(), GGML_TYPE_F32, static_cast<int64_t>(model->state_len()));
-        io.state_out = ggml_new_tensor_1d(ctx.get(), GGML_TYPE_F32, static_cast<int64_t>(model->state_len()));
+        GraphIO io = new_graph_io(ctx.get(), *model, n_tokens, 1);
         ggml_cgraph * gf = ggml_new_graph_custom(ctx.get(), max_nodes, false);
         const LogitsMode modes[] = {LogitsMode::NONE, LogitsMode::LAST, LogitsMode::ALL};
         build_graph(ctx.get(), gf, *model, io, modes[logits]);
@@ -299,6 +303,36 @@ size_t rwkv_testing_graph_node_names(const char * path, uint32_t n_tokens, int l
             buf[n] = '\0';
         }
         return names.size() + 1;
+    } catch (const std::exception &) {
+        return 0;
+    }
+}
+
+uint64_t rwkv_testing_batch_graphs_built(const char * path, uint32_t max_chunk_tokens, const uint32_t * n_seqs,
+                                         size_t n_batches, const uint32_t * lengths) {
+    if (path == nullptr || n_seqs == nullptr || lengths == nullptr) {
+        return 0;
+    }
+    try {
+        const std::unique_ptr<Model> model = Model::load(path, default_model_params());
+        rwkv_context_params params = default_context_params();
+        params.n_threads = 1;
+        params.max_chunk_tokens = max_chunk_tokens;
+        Context ctx(*model, params);
+        const size_t n_state = model->state_len(), n_vocab = model->hparams().n_vocab;
+        for (size_t b = 0; b < n_batches; ++b) {
+            const size_t n = n_seqs[b];
+            std::vector<std::vector<uint32_t>> tokens(n);
+            std::vector<float> states(n * n_state), logits(n * n_vocab);
+            std::vector<rwkv_batch_seq> seqs(n);
+            for (size_t s = 0; s < n; ++s) {
+                tokens[s].assign(*lengths++, 0);
+                seqs[s] = {tokens[s].data(), tokens[s].size(), nullptr, states.data() + s * n_state,
+                           logits.data() + s * n_vocab, n_vocab};
+            }
+            ctx.eval_batch(seqs.data(), n, n_state, false);
+        }
+        return ctx.graphs_built();
     } catch (const std::exception &) {
         return 0;
     }

@@ -101,6 +101,15 @@ RWKV_API enum rwkv_status rwkv_testing_run_op(int op, const struct rwkv_testing_
 RWKV_API size_t rwkv_testing_graph_node_names(const char * path, uint32_t n_tokens, int logits, char * buf,
                                               size_t size);
 
+/* Makes a context (1 thread, max_chunk_tokens as given) on the model file
+ * at path and evaluates n_batches batches on it with rwkv_eval_batch: batch
+ * i has n_seqs[i] sequences whose lengths are the next n_seqs[i] entries of
+ * lengths (tokens all 0, initial states, last-token logits).  Returns the
+ * number of graphs the context built, 0 on failure. */
+RWKV_API uint64_t rwkv_testing_batch_graphs_built(const char * path, uint32_t max_chunk_tokens,
+                                                  const uint32_t * n_seqs, size_t n_batches,
+                                                  const uint32_t * lengths);
+
 /* RWKV_CDEF_END */
 
 #ifdef __cplusplus

@@ -52,4 +52,8 @@ enum rwkv_status rwkv_testing_run_op(int op, const struct rwkv_testing_op_args *
 
 size_t rwkv_testing_graph_node_names(const char * path, uint32_t n_tokens, int logits, char * buf,
                                               size_t size);
+
+uint64_t rwkv_testing_batch_graphs_built(const char * path, uint32_t max_chunk_tokens,
+                                                  const uint32_t * n_seqs, size_t n_batches,
+                                                  const uint32_t * lengths);
 """

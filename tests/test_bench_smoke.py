@@ -71,6 +71,16 @@ def test_peers_bench_table_smoke(tmp_path):
 
 
 @pytest.mark.timeout(300)
+def test_batch_bench_smoke(tmp_path):
+    """Every (model, type, batch) row, after the worker's batch-equals-alone check."""
+    lines = run_bench(tmp_path, "bench.bench_batch", "--smoke", "--threads", "1", "--types", "Q5_1", "FP16")
+    for model in ("rwkv4-smoke", "rwkv7-smoke"):
+        for t in ("Q5_1", "FP16"):
+            for b in (1, 2, 4):
+                assert sum(l.startswith("| %s | %s | %d |" % (model, t, b)) for l in lines) == 1, lines
+
+
+@pytest.mark.timeout(300)
 def test_server_bench_smoke(tmp_path):
     """bench.bench_server --smoke: 4 streaming clients against the server;
     it exits non-zero on any lost or corrupted stream."""

@@ -383,7 +383,9 @@ def test_chat_program_over_stdin(model_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     stdout = result.stdout.decode("utf-8")
     stderr = result.stderr.decode("utf-8")
-    assert stdout.startswith("rwkv_cpp chat: bytes.gguf, RWKV-4, tokenizer bytes.")
+    assert stdout.startswith("+help lists the commands;")
+    assert stderr.startswith("rwkv_cpp chat %s: bytes.gguf (RWKV-4 FP32, 2 layers x 32, tokenizer bytes), kernels "
+                             % rwkv_cpp.__version__)
     assert stdout.count("Assistant:") == 3  # two turns and the bad-bytes one
     assert "(saved the conversation to" in stdout and (tmp_path / "talk.state").exists()
     assert "(the conversation was reset)" in stdout
@@ -399,4 +401,4 @@ def test_chat_program_over_stdin(model_dir, tmp_path):
 def test_chat_program_without_model_uses_the_bundled_one():
     result = run_module("rwkv_cpp.chat", ["--threads", "1", "--max-tokens", "8"], stdin=b"hi\n")
     assert result.returncode == 0, result.stderr
-    assert b"rwkv4-shakespeare" in result.stdout
+    assert b"rwkv4-shakespeare" in result.stderr

@@ -91,4 +91,5 @@ def test_generate_and_chat_programs(wkv_zoo):
     chat = run("rwkv_cpp.chat", ["--model", str(path), "--max-tokens", "6", "--seed", "2", "--threads", "1"],
                stdin=b"Hi!\n+exit\n")
     assert chat.returncode == 0, chat.stderr
-    assert chat.stdout.decode("utf-8").startswith(f"rwkv_cpp chat: {path.name}, RWKV-7.0, tokenizer world.")
+    assert f"{path.name} (RWKV-7.0 Q8_0, " in chat.stderr.decode("utf-8")
+    assert ", tokenizer world)" in chat.stderr.decode("utf-8")

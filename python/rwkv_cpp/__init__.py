@@ -20,9 +20,8 @@ from .errors import (
     RWKVError,
     UnsupportedModelError,
 )
+from .convert.version import __version__
 from .model import Context, Model, packed_kernels_available, packed_kernels_name
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Model",

@@ -150,6 +150,22 @@ enum rwkv_status rwkv_eval_sequence_all_logits(
     float * logits_out,
     size_t n_logits);
 
+struct rwkv_batch_seq {
+    const uint32_t * tokens;
+    size_t n_tokens;
+    const float * state_in;
+    float * state_out;
+    float * logits_out;
+    size_t n_logits;
+};
+
+enum rwkv_status rwkv_eval_batch(
+    struct rwkv_context * ctx,
+    const struct rwkv_batch_seq * seqs,
+    size_t n_seq,
+    size_t n_state,
+    bool all_logits);
+
 struct rwkv_quantize_params rwkv_quantize_default_params(void);
 
 enum rwkv_status rwkv_quantize(

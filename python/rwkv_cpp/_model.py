@@ -153,20 +153,30 @@ def _batch_states(states, n_seq, state_len):
 
 
 def _eval_batch(ctx, model, sequences, states):
-    """Reference batch evaluation: each sequence alone, in order.  Every
-    input is checked before the first evaluation, so a bad item leaves
-    nothing half done."""
+    """One ``rwkv_eval_batch`` call on the C context ``ctx`` of ``model``:
+    every sequence's last-token logits and new state, bit for bit those of
+    evaluating it alone.  C checks every sequence before computing, so a bad
+    item leaves nothing half done."""
     sequences = [_as_tokens(seq) for seq in sequences]
     if not sequences:
         raise _invalid("no sequences given")
-    states = _batch_states(states, len(sequences), model.state_len)
-    logits = np.empty((len(sequences), model.n_vocab), dtype=np.float32)
-    out_states = np.empty((len(sequences), model.state_len), dtype=np.float32)
+    n_seq = len(sequences)
+    states = _batch_states(states, n_seq, model.state_len)
+    logits = np.empty((n_seq, model.n_vocab), dtype=np.float32)
+    out_states = np.empty((n_seq, model.state_len), dtype=np.float32)
+    seqs = ffi.new("struct rwkv_batch_seq[]", n_seq)
     for i, (toks, state) in enumerate(zip(sequences, states)):
-        if toks.max() >= model.n_vocab:
-            raise _invalid("sequence %d: token id %d >= n_vocab %d" % (i, toks.max(), model.n_vocab))
-    for i, (toks, state) in enumerate(zip(sequences, states)):
-        _eval_sequence(ctx, model, toks, state, logits[i], out_states[i], True, False)
+        seqs[i].tokens = _ptr(toks, "uint32_t *")
+        seqs[i].n_tokens = toks.size
+        seqs[i].state_in = ffi.NULL if state is None else _ptr(state)
+        seqs[i].state_out = _ptr(out_states[i])
+        seqs[i].logits_out = _ptr(logits[i])
+        seqs[i].n_logits = model.n_vocab
+    # cffi releases the GIL for the call; ``sequences`` and ``states`` keep
+    # the buffers that ``seqs`` points into alive until it returns
+    status = lib.rwkv_eval_batch(ctx, seqs, n_seq, model.state_len, False)
+    if status != lib.RWKV_STATUS_OK:
+        raise error_for(status, _string(lib.rwkv_context_last_error(ctx)))
     return logits, out_states
 
 

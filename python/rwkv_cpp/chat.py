@@ -1,26 +1,31 @@
 """A chat on the command line, in the spirit of ChatRWKV.
 
-    python -m rwkv_cpp.chat --model MODEL.gguf [--temperature T --top-p P --seed S ...]
+    python -m rwkv_cpp.chat [-m MODEL.gguf] [--temp T --top-p P --seed S ...]
 
 Each line read from stdin is a message or a command (``+help`` lists them).
 A message becomes a turn ``User: MESSAGE\\n\\nAssistant:`` (World-tokenizer
 models; older models use a persona format, configurable with ``--user``,
-``--bot`` and ``--intro``); the reply streams until a blank line.  The model
-file is memory-mapped; ``+help`` and the end of the session report the peak
-resident memory.
+``--bot`` and ``--intro``); the reply streams until a blank line.  On a
+terminal the input line has editing and history (``readline``).  Ctrl-C
+during a reply stops it and returns to the prompt, the conversation kept as
+of the last complete token; Ctrl-C at the prompt or Ctrl-D ends the chat
+with a summary.  The model file is memory-mapped; a start banner (stderr),
+``+help`` and the summary report the memory, ``--verbose`` the speed of
+each reply.
 """
 
 import argparse
 import dataclasses
 import os
 import re
-import resource
 import sys
 
 import numpy as np
 
 from . import state_file, tokenizers
-from ._cli import (add_model_arguments, add_sampling_arguments, resolve_model_path, sampling_from_args,
+from ._cli import (InterruptFlag, add_ctx_size_argument, add_max_tokens_argument, add_model_arguments,
+                   add_sampling_arguments, banner, cancellable, check_output_folder, memory_mib,
+                   note_ctx_size, open_model, read_text, resolve_model_path, sampling_from_args, timings,
                    use_replacing_stdout)
 from ._model import Model
 from .errors import RWKVError
@@ -33,12 +38,13 @@ HELP = """commands:
   +gen TEXT        free generation from TEXT (a fresh state; the chat is kept)
   +i INSTRUCTION   free generation of a response to an instruction
   +qa QUESTION     free generation of an expert answer to a question
-  ++               retry the last reply or generation
+  ++ (or +)        retry the last reply or generation
   +++              continue the last free generation
   +save NAME       save the conversation's state to NAME.state in the state folder
   +load NAME       load a conversation state saved with +save
   +help            this help and the peak memory use
-  +exit            quit (as does end of input)"""
+  +exit            quit (as do Ctrl-D and Ctrl-C at the prompt)
+Ctrl-C during a reply stops it; the conversation goes on from what was said."""
 
 QA_PROMPT = "\nQ & A\n\nQuestion:\n{question}\n\nDetailed Expert Answer:\n"
 INSTRUCTION_PROMPT = "\nInstruction: {instruction}\n\nResponse:"
@@ -84,18 +90,8 @@ def persona_for(tokenizer_name, user=None, bot=None, intro=None):
 
 
 def peak_rss_mib():
-    """Peak resident memory of this process, in MiB.  On Linux VmHWM of
-    /proc/self/status (ru_maxrss would include the peak of a parent that
-    forked us before exec)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024  # bytes vs KiB
+    """Peak resident memory of this process, in MiB."""
+    return memory_mib()[1]
 
 
 def clean_message(text):
@@ -133,9 +129,20 @@ class _Call:
 class ChatSession:
     """The chat's logic, apart from the terminal: ``handle(line)`` runs one
     line; output goes to ``write`` (text pieces), errors to ``error``.
-    ``model`` is a ``Model`` or a ``Context``."""
+    ``model`` is a ``Model`` or a ``Context``.  ``interrupt``: an
+    ``InterruptFlag`` (the default) that a reply checks after each piece
+    (Ctrl-C stops it there); ``report(generation)``: called after each
+    generation (the speed report of ``--verbose``).  ``replies``,
+    ``tokens_generated`` and ``generate_seconds`` count the session's
+    generations; ``last_generation`` is the latest."""
 
-    def __init__(self, model, tokenizer, persona, sampling, max_tokens, state_dir, write, error):
+    def __init__(self, model, tokenizer, persona, sampling, max_tokens, state_dir, write, error, *,
+                 interrupt=None, report=None):
+        self.interrupt = interrupt if interrupt is not None else InterruptFlag()
+        self.report = report
+        self.replies = self.tokens_generated = 0
+        self.generate_seconds = 0.0
+        self.last_generation = None
         self.model = model
         self.tokenizer = tokenizer
         self.persona = persona
@@ -163,12 +170,16 @@ class ChatSession:
             self._dispatch(line)
         except (ValueError, OSError, RWKVError) as exc:
             self.error(str(exc))
+        except KeyboardInterrupt:
+            # Ctrl-C before a reply started (reading the prompt): nothing changed
+            self.write("\n(interrupted)\n")
         return True
 
     def _dispatch(self, line):
         command, _, argument = line.partition(" ")
         argument = argument.strip()
-        simple = {"+help": self.show_help, "+reset": self.reset, "++": self.retry, "+++": self.continue_free}
+        simple = {"+help": self.show_help, "+reset": self.reset, "++": self.retry, "+": self.retry,
+                  "+++": self.continue_free}
         with_argument = {"+gen": self.free_generation, "+i": self.instruction, "+qa": self.question,
                          "+save": self.save, "+load": self.load}
         if command in simple and not argument:
@@ -241,21 +252,45 @@ class ChatSession:
         self._run(_Call("free", prompt, None, None, self.sampling))
 
     def _run(self, call):
-        """Generates for ``call``, streaming; updates the chat or the free state."""
+        """Generates for ``call``, streaming; updates the chat or the free
+        state.  Ctrl-C while the prompt is read raises KeyboardInterrupt with
+        nothing changed; during the reply it stops after the current piece,
+        and the conversation continues from the tokens generated so far."""
         sampling = dataclasses.replace(call.sampling, seed=int(self.rng.integers(1 << 62)),
                                        stop=(TURN_END,) if call.kind == "chat" else ())
         generation = generate(self.model, call.prompt, max_tokens=self.max_tokens, sampling=sampling,
                               state=call.state, logits=call.logits, tokenizer=self.tokenizer)
-        if call.kind == "chat":
-            self.write(self.persona.bot + self.persona.sep)
-        for piece in generation:
-            self.write(piece)
-        self.write("\n")
-        self._last_call = call
-        if call.kind == "chat":
-            self.state, self.logits = self._end_turn(generation)
-        else:
-            self._last_free = generation
+        with self.interrupt as flag:
+            if call.kind == "chat":
+                self.write(self.persona.bot + self.persona.sep)
+            for piece in generation:
+                self.write(piece)
+                if flag.is_set:
+                    break
+            self.write("\n")
+            self._last_call = call
+            if call.kind == "chat":
+                self.state, self.logits = self._end_turn(generation)
+            else:
+                self._last_free = generation
+            self._count(generation)
+            interrupted = flag.is_set
+        if interrupted:
+            self.write("(interrupted)\n")
+        if self.report is not None:
+            self.report(generation)
+
+    def _count(self, generation):
+        self.last_generation = generation
+        self.replies += 1
+        self.tokens_generated += len(generation.tokens)
+        self.generate_seconds += generation.generate_seconds
+
+    def summary(self):
+        """One line: replies, tokens, speed, peak memory."""
+        rate = self.tokens_generated / self.generate_seconds if self.generate_seconds > 0 else 0.0
+        return "%d replies, %d tokens generated (%.1f tokens/s); peak memory (RSS): %.1f MiB" % (
+            self.replies, self.tokens_generated, rate, peak_rss_mib())
 
     def _end_turn(self, generation):
         """The state after a reply, at a turn boundary: a reply cut short
@@ -292,6 +327,23 @@ def read_lines(stream, warn):
         yield text
 
 
+def terminal_lines(prompt):
+    """Lines typed on a terminal, read by ``input`` with line editing and
+    history when the standard ``readline`` module exists (not on Windows);
+    ends at Ctrl-D.  Ctrl-C raises KeyboardInterrupt."""
+    try:
+        import readline  # noqa: F401 (importing it gives input() editing and history)
+    except ImportError:
+        pass
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="replace")
+    while True:
+        try:
+            yield input(prompt)
+        except EOFError:
+            return
+
+
 def _writer(stream):
     def write(text):
         stream.write(text)
@@ -300,57 +352,79 @@ def _writer(stream):
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m rwkv_cpp.chat", description="Chat with an RWKV model.")
+    parser = argparse.ArgumentParser(
+        prog="python -m rwkv_cpp.chat", description="Chat with an RWKV model.",
+        epilog="On a terminal: line editing and history (arrow keys); Ctrl-C stops a reply, "
+               "Ctrl-C at the prompt or Ctrl-D quits.  +help lists the commands.")
     add_model_arguments(parser)
-    parser.add_argument("--max-tokens", type=int, default=300, help="longest reply (default %(default)s)")
+    add_max_tokens_argument(parser, 300, "longest reply")
     parser.add_argument("--state-dir", default=".", help="folder of +save/+load (default: the current one)")
     parser.add_argument("--user", help="the user's name in turns (default User, or Bob for 20B models)")
     parser.add_argument("--bot", help="the bot's name in turns (default Assistant, or Alice for 20B models)")
     parser.add_argument("--intro", help="text before the first turn ('@FILE' reads a file)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="after each reply, its speed (prompt and generated tokens/s) and memory on stderr")
+    add_ctx_size_argument(parser)
     add_sampling_arguments(parser, temperature=1.0, top_p=0.7)
     return parser.parse_args(argv)
 
 
 def _intro_text(value):
     if value is not None and value.startswith("@"):
-        with open(value[1:], encoding="utf-8") as f:
-            return f.read()
+        return read_text(value[1:])
     return value
+
+
+def _start(args, path, stdout, stderr):
+    """``(model, session)`` after the banner; raises on a bad argument or model."""
+    write, error = _writer(stdout), (lambda text: _writer(stderr)("error: %s\n" % text))
+    check_output_folder(args.state_dir, "--state-dir")
+    model, seconds = open_model(Model, path, args.threads)
+    try:
+        tokenizer = tokenizers.for_model(model, args.tokenizer)
+        persona = persona_for(tokenizer.name, args.user, args.bot, _intro_text(args.intro))
+        report = (lambda g: _writer(stderr)(timings(g) + "\n")) if args.verbose else None
+        session = ChatSession(model, tokenizer, persona, sampling_from_args(args), args.max_tokens,
+                              args.state_dir, write, error, report=report)
+    except BaseException:
+        model.close()
+        raise
+    _writer(stderr)(banner("rwkv_cpp chat", model, seconds, tokenizer) + "\n")
+    return model, session
 
 
 def run(args, stdin, stdout, stderr):
     """The chat loop; returns the exit status."""
-    write, error = _writer(stdout), (lambda text: _writer(stderr)("error: %s\n" % text))
+    write = _writer(stdout)
+    note_ctx_size(args)
     path = resolve_model_path(args)
     if path is None:
         return 2
     try:
-        model = Model(path, n_threads=args.threads)
+        model, session = _start(args, path, stdout, stderr)
     except (OSError, ValueError, RWKVError) as exc:
-        error(str(exc))
+        _writer(stderr)("error: %s\n" % exc)
         return 1
     with model:
+        write("+help lists the commands; Ctrl-C stops a reply; Ctrl-D or Ctrl-C at the prompt quits.\n")
+        tty = stdin.isatty()
+        if tty:
+            lines = terminal_lines("%s%s " % (session.persona.user, session.persona.sep))
+        else:
+            lines = read_lines(stdin.buffer, lambda text: _writer(stderr)("warning: %s\n" % text))
         try:
-            tokenizer = tokenizers.for_model(model, args.tokenizer)
-            persona = persona_for(tokenizer.name, args.user, args.bot, _intro_text(args.intro))
-            session = ChatSession(model, tokenizer, persona, sampling_from_args(args), args.max_tokens,
-                                  args.state_dir, write, error)
-        except (OSError, ValueError, RWKVError) as exc:
-            error(str(exc))
-            return 1
-        write("rwkv_cpp chat: %s, RWKV-%s, tokenizer %s.  +help lists the commands.\n"
-              % (os.path.basename(path), model.version, tokenizer.name))
-        prompt = "%s%s " % (persona.user, persona.sep) if stdin.isatty() else ""
-        warn = lambda text: _writer(stderr)("warning: %s\n" % text)  # noqa: E731
-        write(prompt)
-        for line in read_lines(stdin.buffer, warn):
-            if not session.handle(line):
-                break
-            write(prompt)
-    stderr.write("peak memory (RSS): %.1f MiB\n" % peak_rss_mib())
+            for line in lines:
+                if not session.handle(line):
+                    break
+        except KeyboardInterrupt:
+            pass  # Ctrl-C at the prompt: quit
+        if tty:
+            write("\n")  # the cursor may still be after the prompt
+    _writer(stderr)(session.summary() + "\n")
     return 0
 
 
+@cancellable()
 def main(argv=None):
     args = parse_args(argv)
     use_replacing_stdout()

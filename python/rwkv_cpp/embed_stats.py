@@ -1,7 +1,10 @@
 """Collects the per-channel statistics that normalise sentence embeddings.
 
-    python -m rwkv_cpp.embed_stats MODEL CORPUS... -o STATS [--parts SPEC]
+    python -m rwkv_cpp.embed_stats [MODEL] CORPUS... -o STATS [--parts SPEC]
         [--passage-tokens N] [--max-passages M] [--seed S]
+
+The model is MODEL (when more than one file is given), or -m/--model, or
+else the bundled demo model.
 
 Each corpus file (UTF-8 text) is tokenized whole and cut into consecutive
 passages of N tokens (a shorter tail is dropped); when there are more than M
@@ -23,7 +26,9 @@ import sys
 
 import numpy as np
 
-from ._cli import Progress, add_quiet_argument, add_threads_argument, add_tokenizer_argument, report_error
+from ._cli import (Progress, add_model_option, add_quiet_argument, add_threads_argument, add_tokenizer_argument,
+                   add_version_argument, cancellable, check_output_path, read_text, report_error, resolve_model_path,
+                   split_model_positional)
 from ._model import Model
 from .embedding import ALL_PARTS, EmbedStats, Parts, RunningStats, check_model, from_state
 from .errors import RWKVError
@@ -41,8 +46,7 @@ def corpus_passages(tokenizer, paths, passage_tokens=DEFAULT_PASSAGE_TOKENS, max
         raise ValueError("passage_tokens must be >= 1, got %d" % passage_tokens)
     passages = []
     for path in paths:
-        with open(path, encoding="utf-8") as f:
-            tokens = np.asarray(tokenizer.encode(f.read()), dtype=np.uint32)
+        tokens = np.asarray(tokenizer.encode(read_text(path)), dtype=np.uint32)
         for start in range(0, tokens.size - passage_tokens + 1, passage_tokens):
             passages.append((os.fspath(path), start, tokens[start:start + passage_tokens]))
     if not passages:
@@ -72,32 +76,47 @@ def collect(model, passages, parts=ALL_PARTS, progress=None, sources=()):
                                    sources=[os.path.basename(s) for s in sources])
 
 
-def main(argv=None):
+def parse_args(argv):
     ap = argparse.ArgumentParser(prog="python -m rwkv_cpp.embed_stats",
                                  description="Per-channel statistics for normalising sentence embeddings.",
                                  epilog=__doc__.split("\n\n", 2)[2],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", help="model file (GGUF or rwkv.cpp .bin), RWKV-4")
-    ap.add_argument("corpus", nargs="+", help="UTF-8 text files")
+    ap.add_argument("paths", nargs="+", metavar="[MODEL] CORPUS",
+                    help="model file (GGUF or rwkv.cpp .bin, RWKV-4; default: the bundled demo model), "
+                         "then UTF-8 text files")
+    add_model_option(ap)
     ap.add_argument("-o", "--output", required=True, help="statistics file to write")
     ap.add_argument("--parts", default=ALL_PARTS, help="parts to collect (default: all parts of every layer)")
     ap.add_argument("--passage-tokens", type=int, default=DEFAULT_PASSAGE_TOKENS, help="tokens per passage")
     ap.add_argument("--max-passages", type=int, default=DEFAULT_MAX_PASSAGES,
                     help="at most this many passages, drawn at random (0: all)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the passage draw")
+    ap.add_argument("-s", "--seed", type=int, default=0, help="seed of the passage draw")
     add_tokenizer_argument(ap)
     add_threads_argument(ap)
     add_quiet_argument(ap)
+    add_version_argument(ap)
     args = ap.parse_args(argv)
+    args.model, args.corpus = split_model_positional(args.model, args.paths, 1)
+    return args
 
+
+@cancellable("interrupted; no output written")
+def main(argv=None):
+    args = parse_args(argv)
+    path = resolve_model_path(args)
+    if path is None:
+        return 2
     try:
-        with Model(args.model, n_threads=args.threads) as model:
+        check_output_path(args.output, [path] + args.corpus)
+        with Model(path, n_threads=args.threads) as model:
             check_model(model)
             passages = corpus_passages(for_model(model, args.tokenizer), args.corpus, args.passage_tokens,
                                        args.max_passages or None, args.seed)
             bar = Progress("embedding %d passages" % len(passages), enabled=not args.quiet)
-            stats = collect(model, [p[2] for p in passages], args.parts, bar.update, sources=args.corpus)
-            bar.close()
+            try:
+                stats = collect(model, [p[2] for p in passages], args.parts, bar.update, sources=args.corpus)
+            finally:
+                bar.close()
             stats.save(args.output)
     except (RWKVError, OSError, ValueError) as exc:
         return report_error(exc)

@@ -6,7 +6,14 @@ state=g.state)`` (or, with no new text, ``generate(model, "",
 state=g.state, logits=g.logits)``) continues it.  ``model`` is a ``Model``
 or a ``Context`` (for generating on several threads at once, one context
 each).  The command line is ``python -m rwkv_cpp.generate`` (generate.py).
+
+``Output`` holds the rules of one generated sequence (penalties, stop
+tokens, stop strings, UTF-8 pieces); ``Generation`` drives one with the
+model, and ``rwkv_cpp.batching.Scheduler`` drives many in one batch.
 """
+
+import dataclasses
+import time
 
 import numpy as np
 
@@ -24,11 +31,19 @@ class Generation:
 
     Attributes (updated as it runs):
         tokens: ids generated so far (stop tokens excluded).
-        text: the text yielded so far.
+        text: the whole generated text: reading it runs the generation to
+            its end (``text_so_far`` does not).
+        text_so_far: the text yielded so far.
         state, logits: the model's state and next-token logits after the
-            prompt and every generated token.
+            prompt and every generated token (always a matching pair: an
+            exception or a stop between two tokens leaves those of the last
+            complete token).
         stop_reason: None while running, then STOP_MAX_TOKENS, STOP_TOKEN
             or STOP_STRING.
+        prompt_tokens: the prompt's ids; prompt_seconds: the time its
+            prefill took; generate_seconds: the time spent sampling and
+            evaluating generated tokens (not the caller's time between
+            pieces).
     """
 
     def __init__(self, model, prompt, max_tokens, sampling, state, logits, tokenizer, stop_at_eos):
@@ -37,14 +52,22 @@ class Generation:
         self._output = Output(self.tokenizer, model.n_vocab, sampling, max_tokens, stop_at_eos)
         self.sampling = self._output.sampling
         self.max_tokens = self._output.max_tokens
+        self.generate_seconds = 0.0
         self.prompt_tokens = self.tokenizer.encode(prompt)
+        start = time.perf_counter()
         self.state, self.logits = self._prefill(state, logits)
+        self.prompt_seconds = time.perf_counter() - start
         self._pieces = self._run()
 
     tokens = property(lambda self: self._output.tokens, doc="Ids generated so far (stop tokens excluded).")
-    text = property(lambda self: self._output.text, doc="The text yielded so far.")
+    text_so_far = property(lambda self: self._output.text, doc="The text yielded so far.")
     stop_reason = property(lambda self: self._output.stop_reason,
                            doc="None while running, then STOP_MAX_TOKENS, STOP_TOKEN or STOP_STRING.")
+
+    @property
+    def text(self):
+        """The whole generated text (runs the generation to its end first)."""
+        return self.read()
 
     def __iter__(self):
         return self
@@ -56,7 +79,7 @@ class Generation:
         """Runs to the end; returns the whole generated text."""
         for _ in self:
             pass
-        return self.text
+        return self.text_so_far
 
     def _prefill(self, state, logits):
         if self.prompt_tokens:
@@ -71,10 +94,16 @@ class Generation:
     def _run(self):
         output = self._output
         while not output.done:
-            token = output.sampler.sample(self.logits)
+            start = time.perf_counter()
+            token = int(output.sampler.sample(self.logits))
+            # a token that joins the sequence is evaluated before it is
+            # recorded, so that an exception inside the evaluation (Ctrl-C)
+            # leaves tokens, state and logits matching
+            evaluated = None if token in output.stop_ids else self.model.eval(token, self.state)
             piece, feed = output.push(token)
-            if feed:  # the model's next state and logits
-                self.logits, self.state = self.model.eval(token, self.state)
+            if feed:
+                self.logits, self.state = evaluated
+            self.generate_seconds += time.perf_counter() - start
             if piece:
                 yield piece
 
@@ -92,15 +121,15 @@ class Output:
     """
 
     def __init__(self, tokenizer, n_vocab, sampling, max_tokens, stop_at_eos):
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)):
-            raise TypeError("max_tokens must be an int, got %s" % type(max_tokens).__name__)
-        if max_tokens < 0:
+        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer))):
+            raise TypeError("max_tokens must be an int or None, got %s" % type(max_tokens).__name__)
+        if max_tokens is not None and max_tokens < 0:
             raise ValueError("max_tokens must be >= 0, got %d" % max_tokens)
         if sampling is not None and not isinstance(sampling, SamplingParams):
             raise TypeError("sampling must be a SamplingParams, got %s" % type(sampling).__name__)
         self.tokenizer = tokenizer
         self.sampling = sampling if sampling is not None else SamplingParams()
-        self.max_tokens = int(max_tokens)
+        self.max_tokens = None if max_tokens is None else int(max_tokens)  # None: no limit
         self.sampler = Sampler(self.sampling, n_vocab, banned_from=tokenizer.n_vocab)
         self.stop_ids = set(self.sampling.token_stop)
         if stop_at_eos and tokenizer.eos_id is not None:
@@ -129,7 +158,7 @@ class Output:
         piece, stopped = self._stops.push(self._decoder.feed(token))
         if stopped:  # the text ends before the stop string; what was held back is dropped
             self.stop_reason = STOP_STRING
-        elif len(self.tokens) >= self.max_tokens:
+        elif self.max_tokens is not None and len(self.tokens) >= self.max_tokens:
             self.stop_reason = STOP_MAX_TOKENS
             piece += self._stops.finish(self._decoder.flush())
         return self._emit(piece), True
@@ -184,19 +213,42 @@ def check_prompt_ids(ids, model, tokenizer):
                          % (tokenizer.name, too_big, model.n_vocab))
 
 
+#: the settings ``generate`` takes as keywords, overriding those of ``sampling``
+SAMPLING_KEYWORDS = ("temperature", "top_p", "top_k", "stop", "seed")
+
+
+def sampling_with(sampling=None, **settings):
+    """``sampling`` (default ``SamplingParams()``) with the given settings
+    (``temperature``, ``top_p``, ``top_k``, ``stop``, ``seed``; None leaves
+    one as it is) replaced; a ``stop`` string counts as one stop string."""
+    unknown = sorted(set(settings) - set(SAMPLING_KEYWORDS))
+    if unknown:
+        raise TypeError("unknown sampling setting(s): %s" % ", ".join(unknown))
+    changes = {k: v for k, v in settings.items() if v is not None}
+    if isinstance(changes.get("stop"), str):
+        changes["stop"] = (changes["stop"],)
+    elif "stop" in changes:
+        changes["stop"] = tuple(changes["stop"])
+    base = sampling if sampling is not None else SamplingParams()
+    return dataclasses.replace(base, **changes) if changes else base
+
+
 def generate(model, prompt, max_tokens=200, sampling=None, state=None, tokenizer=None, *, logits=None,
-             stop_at_eos=True):
+             stop_at_eos=True, temperature=None, top_p=None, top_k=None, stop=None, seed=None):
     """Generates text after ``prompt`` with ``model`` (a ``Model`` or a
     ``Context``); returns a ``Generation``, an iterator of text pieces as
-    they become valid UTF-8.
+    they become valid UTF-8 (its ``text`` runs it to the end).
 
     The prompt is prefilled with ``eval_sequence`` (from ``state``, or the
     initial state).  ``sampling``: a ``rwkv_cpp.sampling.SamplingParams``
-    (default: the official PIPELINE_ARGS defaults).  ``tokenizer``: a name
+    (default: the official PIPELINE_ARGS defaults); ``temperature``,
+    ``top_p``, ``top_k``, ``stop`` (a string or strings) and ``seed``, when
+    given, override its fields.  ``tokenizer``: a name
     or ``Tokenizer`` overriding the model's.  Generation ends after
-    ``max_tokens``, at a stop token (and the tokenizer's end of text unless
+    ``max_tokens`` (None: no limit), at a stop token (and the tokenizer's end of text unless
     ``stop_at_eos=False``) or a stop string.  The generation's ``state`` and
     ``logits`` continue it: ``generate(model, "", state=g.state,
     logits=g.logits)``; an empty prompt needs both.
     """
+    sampling = sampling_with(sampling, temperature=temperature, top_p=top_p, top_k=top_k, stop=stop, seed=seed)
     return Generation(model, prompt, max_tokens, sampling, state, logits, tokenizer, stop_at_eos)

@@ -12,9 +12,12 @@ Layers, each importing only those below it::
     state_file, embedding, generation
                               functions taking a Model or a Context
     batching                  the continuous-batching scheduler, generate_many
+    llama_compat              llama-cpp-python's calls (create_completion, ...)
     model                     this module: Model with generate,
                               generate_many, save_state, load_state, embed
-                              and embed_many methods
+                              and embed_many methods, and llama-cpp-python's
+                              create_completion (also __call__),
+                              create_chat_completion, tokenize and detokenize
     _cli                      what the command-line programs share
     chat, perplexity, ...     command-line programs
 
@@ -25,7 +28,7 @@ functions (``rwkv_cpp.generation.generate(ctx, ...)``,
 ``rwkv_cpp.embedding.embed(ctx, ...)``) with it.
 """
 
-from . import _model, batching, embedding, state_file
+from . import _model, batching, embedding, llama_compat, state_file
 from ._model import Context, packed_kernels_available, packed_kernels_name
 from .generation import generate as _generate
 
@@ -36,13 +39,16 @@ class Model(_model.Model):
     __doc__ = _model.Model.__doc__
 
     def generate(self, prompt, max_tokens=200, sampling=None, state=None, tokenizer=None, *, logits=None,
-                 stop_at_eos=True):
+                 stop_at_eos=True, temperature=None, top_p=None, top_k=None, stop=None, seed=None):
         """Generates text after ``prompt`` on the default context; returns a
-        ``Generation``, an iterator of text pieces as they become valid UTF-8.
-        See ``rwkv_cpp.generation.generate``."""
+        ``Generation``, an iterator of text pieces as they become valid UTF-8
+        (its ``text`` runs it to the end).  ``temperature``, ``top_p``,
+        ``top_k``, ``stop`` and ``seed`` override the fields of ``sampling``
+        (a ``SamplingParams``).  See ``rwkv_cpp.generation.generate``."""
         self._check_open()
         return _generate(self, prompt, max_tokens, sampling, state, tokenizer, logits=logits,
-                         stop_at_eos=stop_at_eos)
+                         stop_at_eos=stop_at_eos, temperature=temperature, top_p=top_p, top_k=top_k,
+                         stop=stop, seed=seed)
 
     def generate_many(self, prompts, max_tokens=200, sampling=None, *, max_batch=8, tokenizer=None,
                       stop_at_eos=True):
@@ -81,3 +87,29 @@ class Model(_model.Model):
         initial state): float32 array ``(len(texts), dim)``."""
         return embedding.embed_many(self, texts, parts or embedding.DEFAULT_PARTS, stats,
                                     tokenizer=tokenizer, progress=progress)
+
+    # -- llama-cpp-python's calls (rwkv_cpp.llama_compat) ---------------------
+
+    def create_completion(self, prompt, max_tokens=llama_compat.DEFAULT_MAX_TOKENS, **kwargs):
+        """A completion as llama-cpp-python's ``Llama.create_completion``
+        returns it (``out["choices"][0]["text"]``, ``usage``; chunks with
+        ``stream=True``).  See ``rwkv_cpp.llama_compat.create_completion``."""
+        self._check_open()
+        return llama_compat.create_completion(self, prompt, max_tokens, **kwargs)
+
+    __call__ = create_completion
+
+    def create_chat_completion(self, messages, **kwargs):
+        """The reply to OpenAI-style ``messages`` in the RWKV chat format, as
+        llama-cpp-python returns it.  See
+        ``rwkv_cpp.llama_compat.create_chat_completion``."""
+        self._check_open()
+        return llama_compat.create_chat_completion(self, messages, **kwargs)
+
+    def tokenize(self, text, add_bos=True, special=False):
+        """Token ids of ``text`` (bytes or str) with the model's tokenizer."""
+        return llama_compat.tokenize(self, text, add_bos, special)
+
+    def detokenize(self, tokens, prev_tokens=None, special=False):
+        """The bytes of ``tokens`` with the model's tokenizer."""
+        return llama_compat.detokenize(self, tokens, prev_tokens, special)

@@ -1,7 +1,10 @@
 """Perplexity of a model on a text file, and LAMBADA accuracy.
 
-    python -m rwkv_cpp.perplexity MODEL FILE [--tokenizer NAME] [--max-tokens N]
-    python -m rwkv_cpp.perplexity MODEL --lambada [PATH]
+    python -m rwkv_cpp.perplexity [MODEL] FILE [--tokenizer NAME] [--max-tokens N]
+    python -m rwkv_cpp.perplexity [MODEL] --lambada lambada_test.jsonl
+
+The model is MODEL, or -m/--model, or else the bundled demo model; the text
+file FILE may also be given with -f/--file (llama.cpp's spelling).
 
 The text is streamed through the model in chunks, the state carried from one
 chunk to the next, so any length works in constant memory.  LAMBADA is
@@ -15,13 +18,14 @@ the target's negative log-likelihood).
 import argparse
 import json
 import math
-import os
 import sys
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ._cli import Progress, add_quiet_argument, add_threads_argument, add_tokenizer_argument, positive_int, report_error
+from ._cli import (Progress, add_model_option, add_quiet_argument, add_threads_argument, add_tokenizer_argument,
+                   add_version_argument, cancellable, positive_int, read_text, report_error, resolve_model_path,
+                   split_model_positional)
 from ._model import Model
 from ._scoring import read_token_file, token_nll
 from .errors import RWKVError
@@ -74,13 +78,17 @@ def perplexity(model, tokens, chunk=DEFAULT_CHUNK, progress=None):
 
 
 def lambada_passages(path):
-    """(context, target) pairs: the target is the last word with its space."""
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
+    """(context, target) pairs: the target is the last word with its space.
+    The file is JSON lines with a ``text`` each (the LAMBADA test set as
+    the RWKV evaluations use it)."""
+    for number, line in enumerate(read_text(path).splitlines(), 1):
+        if line.strip():
+            try:
                 text = json.loads(line)["text"]
-                cut = text.rfind(" ")
-                yield text[:cut], text[cut:]
+            except (ValueError, KeyError, TypeError):
+                raise ValueError("%s, line %d: not a JSON object with a \"text\"" % (path, number)) from None
+            cut = text.rfind(" ")
+            yield text[:cut], text[cut:]
 
 
 def lambada(model, tokenizer, path, max_passages=None, progress=None):
@@ -100,54 +108,65 @@ def lambada(model, tokenizer, path, max_passages=None, progress=None):
     return LambadaResult(len(passages), correct / len(passages), math.exp(nll_sum / len(passages)))
 
 
-def default_lambada_path():
-    here = os.path.dirname(os.path.abspath(__file__))
-    for cand in (os.path.join(os.getcwd(), os.pardir, "shared", "data", "eval", "lambada_test.jsonl"),
-                 os.path.join(here, os.pardir, os.pardir, os.pardir, "shared", "data", "eval", "lambada_test.jsonl")):
-        if os.path.exists(cand):
-            return os.path.abspath(cand)
-    return None
-
-
-def main(argv=None):
+def parse_args(argv):
     ap = argparse.ArgumentParser(prog="python -m rwkv_cpp.perplexity",
                                  description="Perplexity of an RWKV model on a text file, or LAMBADA accuracy.",
-                                 epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", help="model file (GGUF or rwkv.cpp .bin)")
-    ap.add_argument("file", nargs="?", help="UTF-8 text file to score")
+                                 epilog=__doc__.split("\n\n", 2)[2],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("paths", nargs="*", metavar="[MODEL] FILE",
+                    help="model file (GGUF or rwkv.cpp .bin; default: the bundled demo model), then the UTF-8 "
+                         "text file to score")
+    add_model_option(ap)
+    ap.add_argument("-f", "--file", help="the text file to score (instead of the positional FILE)")
     add_tokenizer_argument(ap)
     ap.add_argument("--tokens", action="store_true",
                     help="FILE is pre-tokenized: a .npy array or whitespace-separated token ids")
     ap.add_argument("--max-tokens", type=positive_int, default=None, help="score only the first N tokens")
-    ap.add_argument("--lambada", nargs="?", const="", default=None, metavar="PATH",
-                    help="score LAMBADA (default path: ../shared/data/eval/lambada_test.jsonl)")
+    ap.add_argument("--lambada", metavar="PATH", default=None,
+                    help="score LAMBADA from this JSON-lines file (lambada_test.jsonl, one {\"text\": ...} a line)")
     ap.add_argument("--max-passages", type=positive_int, default=None, help="LAMBADA: only the first N passages")
     ap.add_argument("--chunk", type=positive_int, default=DEFAULT_CHUNK, help="tokens per evaluation call")
     add_threads_argument(ap)
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     add_quiet_argument(ap)
+    add_version_argument(ap)
     args = ap.parse_args(argv)
+    needs_file = args.file is None and args.lambada is None
+    args.model, rest = split_model_positional(args.model, args.paths, int(needs_file))
+    if len(rest) > int(needs_file):
+        ap.error("unexpected arguments: %s" % " ".join(rest[int(needs_file):]))
+    if rest:
+        args.file = rest[0]
     if (args.file is None) == (args.lambada is None):
-        ap.error("give either a text FILE or --lambada")
+        ap.error("give either a text FILE or --lambada PATH")
+    return args
 
+
+def _score(args, model, progress):
+    if args.lambada is not None:
+        return lambada(model, for_model(model, args.tokenizer), args.lambada, args.max_passages, progress)
+    if args.tokens:
+        tokens = read_token_file(args.file)
+    else:
+        tokens = for_model(model, args.tokenizer).encode(read_text(args.file))
+    if args.max_tokens is not None:
+        tokens = tokens[:args.max_tokens]
+    return perplexity(model, tokens, args.chunk, progress)
+
+
+@cancellable()
+def main(argv=None):
+    args = parse_args(argv)
+    path = resolve_model_path(args)
+    if path is None:
+        return 2
     try:
-        with Model(args.model, n_threads=args.threads) as model:
+        with Model(path, n_threads=args.threads) as model:
             bar = Progress("scoring", enabled=not args.quiet)
-            if args.lambada is not None:
-                path = args.lambada or default_lambada_path()
-                if not path or not os.path.exists(path):
-                    ap.error("LAMBADA file not found; pass --lambada PATH")
-                result = lambada(model, for_model(model, args.tokenizer), path, args.max_passages, bar.update)
-            else:
-                if args.tokens:
-                    tokens = read_token_file(args.file)
-                else:
-                    with open(args.file, encoding="utf-8") as f:
-                        tokens = for_model(model, args.tokenizer).encode(f.read())
-                if args.max_tokens is not None:
-                    tokens = tokens[:args.max_tokens]
-                result = perplexity(model, tokens, args.chunk, bar.update)
-            bar.close()
+            try:
+                result = _score(args, model, bar.update)
+            finally:
+                bar.close()
     except (RWKVError, OSError, ValueError) as exc:
         return report_error(exc)
     print(json.dumps(asdict(result)) if args.json else result.line())

@@ -10,9 +10,10 @@ import argparse
 import os
 import sys
 
-from ._cli import Progress, add_quiet_argument, add_threads_argument, report_error
+from ._cli import (OutputPathError, Progress, add_quiet_argument, add_threads_argument, add_version_argument,
+                   cancellable, check_output_path, report_error)
 from ._lib import ffi, lib
-from .errors import InvalidArgumentError, RWKVError, error_for
+from .errors import InvalidArgumentError, ModelIOError, RWKVError, error_for
 from .legacy import as_gguf
 
 TYPES = ("FP32", "FP16", "Q8_0", "Q5_0", "Q5_1", "Q4_0", "Q4_1")
@@ -32,8 +33,16 @@ def type_code(name):
 def quantize(src, dst, type_name, *, n_threads=None, quantize_head=None, quantize_emb=None, progress=None):
     """Writes ``dst``, a copy of the model ``src`` with matrices of type
     ``type_name``.  ``progress(fraction)`` is called after each tensor.
-    Raises an :class:`rwkv_cpp.RWKVError` on failure."""
+    ``dst`` is checked first: not ``src``, not a folder, in a writable
+    folder.  It is written to a temporary file renamed at the end, so it
+    never holds a partial model.  Raises an :class:`rwkv_cpp.RWKVError`
+    on failure, the ``KeyboardInterrupt`` of a Ctrl-C (the quantizer stops
+    after the current tensor and writes nothing)."""
     code = type_code(type_name)
+    try:
+        check_output_path(dst, [src])
+    except OutputPathError as exc:
+        raise ModelIOError(lib.RWKV_STATUS_ERROR_IO, str(exc)) from None
     params = ffi.new("struct rwkv_quantize_params *", lib.rwkv_quantize_default_params())
     if n_threads is not None:
         params.n_threads = int(n_threads)
@@ -44,18 +53,20 @@ def quantize(src, dst, type_name, *, n_threads=None, quantize_head=None, quantiz
     errbuf = ffi.new("char[]", _ERROR_BUF_SIZE)
     params.error_buf = errbuf
     params.error_buf_size = _ERROR_BUF_SIZE
-    callback = None
+    raised = []
     if progress is not None:
-        @ffi.callback("bool(float, void *)")
+        def stopped(exc_type, exc, tb):
+            raised.append(exc)  # returning None makes the callback return false: the quantizer stops
+
+        @ffi.callback("bool(float, void *)", onerror=stopped)
         def callback(fraction, _user):
-            try:
-                progress(fraction)
-                return True
-            except KeyboardInterrupt:
-                return False
+            progress(fraction)
+            return True
         params.progress_callback = callback
     with as_gguf(src) as gguf_path:
         status = lib.rwkv_quantize(os.fsencode(os.fspath(gguf_path)), os.fsencode(os.fspath(dst)), code, params)
+    if raised:
+        raise raised[0]  # Ctrl-C or an error of the progress callback, after the quantizer cleaned up
     if status != lib.RWKV_STATUS_OK:
         raise error_for(status, ffi.string(errbuf).decode("utf-8", "replace"))
 
@@ -64,6 +75,7 @@ def _size(path):
     return "%.1f MiB" % (os.path.getsize(path) / 2**20)
 
 
+@cancellable("interrupted; no output written")
 def main(argv=None):
     ap = argparse.ArgumentParser(
         prog="python -m rwkv_cpp.quantize",
@@ -80,6 +92,7 @@ def main(argv=None):
                     help="quantize emb.weight too (default: FP16; only one row of it is read per token, "
                          "so this saves file size, not time)")
     add_quiet_argument(ap, "print nothing but errors")
+    add_version_argument(ap)
     args = ap.parse_args(argv)
 
     try:
@@ -90,10 +103,10 @@ def main(argv=None):
     try:
         quantize(args.input, args.output, args.type, n_threads=args.threads, quantize_head=args.quantize_head,
                  quantize_emb=args.quantize_emb, progress=bar.update)
-    except (RWKVError, OSError) as exc:
-        bar.close()
+    except (RWKVError, OSError, ValueError) as exc:
         return report_error(exc)
-    bar.close()
+    finally:
+        bar.close()
     if not args.quiet:
         print("%s (%s) -> %s (%s, %s)" % (args.input, _size(args.input), args.output, _size(args.output),
                                           args.type.upper()), file=sys.stderr)

@@ -253,12 +253,14 @@ def draw(weights, rng):
 #
 # The steps of ``Sampler.sample`` over an (n, n_vocab) array.  Where the row
 # version keeps index lists (the candidates, then the top-k ids), these keep
-# boolean masks over the whole vocabulary, which give the same numbers:
-# - a dropped token's weight is 0, and x + 0.0 == x exactly, so the
-#   sequential cumulative sum over the vocabulary takes, at each candidate,
-#   the value the row version's cumulative sum over the candidates takes;
-# - hence "the first point of the cdf above u" is the same token;
-# - sums and maxima along a row are numpy's same per-row reductions.
+# boolean masks over the whole vocabulary, which select the same tokens:
+# - sums and maxima along a row are numpy's same per-row reductions, and
+#   every other step is elementwise, so the probabilities are the same;
+# - the top-p cut-off is the same function (top_p_cutoffs);
+# - the draw packs each row's candidates to the left in id order, padded
+#   with weight 0 at the end (x + 0.0 == x exactly), so each row's
+#   sequential cumulative sum, and the first point of it above u, are the
+#   row version's.
 # tests/test_batch_sampling.py checks the tokens against Sampler.sample.
 
 
@@ -287,8 +289,7 @@ def sample_batch(samplers, logits):
         try:
             tokens[start:start + rows] = _sample_block(samplers[start:start + rows], logits[start:start + rows])
         except _DeadRow as dead:
-            raise ValueError("row %d: every token is banned or the logits are not finite"
-                             % (start + dead.row)) from None
+            raise _DeadRow(start + dead.row) from None
     return tokens
 
 
