@@ -1,7 +1,7 @@
 """docs/ARCHITECTURE.md against the tree.
 
 - Every source file (src/*.h, src/*.cpp, rwkv.h, rwkv.cpp,
-  python/rwkv_cpp/*.py, convert/*.py) is in a row of a layer table (a
+  python/rwkv_cpp/*.py, python/rwkv_cpp/server/*.py, convert/*.py) is in a row of a layer table (a
   table headed ``| layer | files | uses | owns |``), once per table.
 - Every ``#include "..."`` (C++) and every import (Python, read by
   test_imports.import_graph, deferred ones too) goes from a file to its own
@@ -76,6 +76,7 @@ def source_files():
     paths = [ROOT / "rwkv.h", ROOT / "rwkv.cpp"]
     paths += sorted((ROOT / "src").glob("*.h")) + sorted((ROOT / "src").glob("*.cpp"))
     paths += sorted((ROOT / "python" / "rwkv_cpp").glob("*.py")) + sorted((ROOT / "convert").glob("*.py"))
+    paths += sorted((ROOT / "python" / "rwkv_cpp" / "server").glob("*.py"))
     return [rel(p) for p in paths]
 
 

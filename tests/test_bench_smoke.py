@@ -85,3 +85,14 @@ def test_convert_memory_bench_smoke(tmp_path):
     lines = run_bench(tmp_path, "bench.bench_convert_memory", "--smoke")
     for t in ("FP16", "Q8_0", "Q5_1"):
         assert sum(l.startswith("| %s | " % t) for l in lines) == 1, lines
+
+
+def test_server_bench_smoke(tmp_path):
+    """bench.bench_server --smoke: 4 streaming clients against the server;
+    it exits non-zero on any lost or corrupted stream."""
+    pytest.importorskip("starlette")
+    lines = run_bench(tmp_path, "bench.bench_server", "--smoke")
+    rows = {l.split("|")[1].strip(): [c.strip() for c in l.split("|")[2:-1]] for l in lines
+            if l.startswith("| solo |") or l.startswith("| load |")}
+    assert rows["load"][0] == "4" and rows["load"][2:4] == ["0", "0"], lines
+    assert int(rows["load"][1]) >= 4 and float(rows["load"][4]) > 0

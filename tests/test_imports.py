@@ -18,7 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 #: package name -> source folder, as in pyproject.toml's wheel.packages
-PACKAGES = {"rwkv_cpp": ROOT / "python" / "rwkv_cpp", "rwkv_cpp.convert": ROOT / "convert"}
+PACKAGES = {"rwkv_cpp": ROOT / "python" / "rwkv_cpp", "rwkv_cpp.convert": ROOT / "convert",
+            "rwkv_cpp.server": ROOT / "python" / "rwkv_cpp" / "server"}
 CONVERT = "rwkv_cpp.convert"
 
 
@@ -158,7 +159,7 @@ def test_convert_imports_at_module_top():
 
 
 @pytest.mark.parametrize("program", ["generate", "chat", "perplexity", "compare", "embed_stats", "quantize",
-                                     "convert", "convert.random_model"])
+                                     "convert", "convert.random_model", "server"])
 def test_program_not_imported_by_the_package(program):
     """``import rwkv_cpp`` imports no program module, so ``python -m
     rwkv_cpp.X`` runs it once (no runpy RuntimeWarning)."""
