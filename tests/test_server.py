@@ -270,3 +270,24 @@ def test_the_program(tmp_path):
         proc.terminate()
         out, err = proc.communicate(timeout=30)
     assert "serving" in out and "127.0.0.1:%d" % port in out
+
+
+def test_initial_state_file(tmp_path, model):
+    """--initial-state: every request starts from the given state (here a
+    state file saved after a prompt), as Model.generate(state=...) does;
+    a later request that extends a cached prompt still starts from it."""
+    _, state = model.eval_sequence(model.tokenize(b"JULIET:\nO Romeo, Romeo"))
+    path = tmp_path / "start.state"
+    model.save_state(path, state)
+    prompt = "\nROMEO:\nShe speaks"
+    text, g = solo(model, prompt, 16, seed=3, state=state)
+    plain, _ = solo(model, prompt, 16, seed=3)
+    assert text != plain  # the start matters for this prompt
+    with running_server(MODEL, max_batch=2, threads=1, initial_state=str(path)) as (url, engine):
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        name = engine.config.served_name
+        for _ in range(2):  # the second time through the prompt cache
+            r = client.completions.create(model=name, prompt=prompt, max_tokens=16, seed=3, **SETTINGS)
+            assert r.choices[0].text == text
+        r = client.completions.create(model=name, prompt=prompt + " yet", max_tokens=16, seed=3, **SETTINGS)
+        assert r.choices[0].text == solo(model, prompt + " yet", 16, seed=3, state=state)[0]

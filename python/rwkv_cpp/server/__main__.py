@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from .._cli import positive_int, resolve_model_path
+from .._cli import add_initial_state_argument, positive_int, resolve_model_path
 
 EPILOG = """\
 routes: POST /v1/completions, /v1/chat/completions, /v1/embeddings; GET /v1/models,
@@ -54,6 +54,7 @@ def build_parser():
     ap.add_argument("--cors", action="append", default=[], metavar="ORIGIN",
                     help="allow cross-origin requests from ORIGIN (repeatable; '*' for any); none by default")
     ap.add_argument("--chat-template", metavar="FILE", help="JSON chat template (see below)")
+    add_initial_state_argument(ap)
     ap.add_argument("--embed-stats", metavar="FILE",
                     help="statistics file (python -m rwkv_cpp.embed_stats) to z-score /v1/embeddings")
     limits = ap.add_argument_group("limits")
@@ -90,7 +91,8 @@ def main(argv=None):
         sys.exit(2)
     config = EngineConfig(model_path=model_path, model_name=args.model_name, threads=args.threads,
                           max_batch=args.max_batch, max_queue=args.max_queue, state_cache_mb=args.state_cache_mb,
-                          tokenizer=args.tokenizer, embed_stats=args.embed_stats, template=template,
+                          tokenizer=args.tokenizer, embed_stats=args.embed_stats, initial_state=args.initial_state,
+                          template=template,
                           limits=Limits(max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens_limit))
     failed = []
 

@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .. import embedding, tokenizers
+from .. import embedding, state_file, tokenizers
 from .._model import Model
 from ..batching import Scheduler
 from .cache import PromptCache
@@ -54,6 +54,7 @@ class EngineConfig:
     state_cache_mb: float = 256.0
     tokenizer: Optional[str] = None
     embed_stats: Optional[str] = None
+    initial_state: Optional[str] = None  # a state file or a state-tuned checkpoint every request starts from
     template: ChatTemplate = field(default_factory=ChatTemplate)
     limits: Limits = field(default_factory=Limits)
 
@@ -106,6 +107,7 @@ class Engine:
         self.status = "loading"  # then "ready", or "failed" with load_error set
         self.load_error = None
         self.model = self.context = self.scheduler = self.tokenizer = self.stats = None
+        self.initial_state = None  # None: the model's own
         self.cache = PromptCache(int(config.state_cache_mb * 2 ** 20))
         self.created = int(time.time())
         self._inbox = queue.SimpleQueue()
@@ -170,6 +172,8 @@ class Engine:
         self.tokenizer = tokenizers.for_model(self.model, cfg.tokenizer)
         if cfg.embed_stats:
             self.stats = embedding.EmbedStats.load(cfg.embed_stats, self.model)
+        if cfg.initial_state:
+            self.initial_state = state_file.initial_state(cfg.initial_state, self.model)
         self.scheduler = Scheduler(self.context, max_batch=cfg.max_batch, tokenizer=self.tokenizer)
 
     def _loop(self):
@@ -204,6 +208,8 @@ class Engine:
     def _start(self, ticket):
         n_cached, state = self.cache.longest_prefix(ticket.prompt)
         (self.metrics.cache_hits if n_cached else self.metrics.cache_misses).inc()
+        if not n_cached:  # every cached state descends from the same start, so hits stay valid
+            state = self.initial_state
         try:
             job = self.scheduler.submit(ticket.prompt[n_cached:], max_tokens=ticket.max_tokens,
                                         sampling=ticket.sampling, state=state)
