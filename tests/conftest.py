@@ -16,6 +16,7 @@ are missing, and under CI (tests/skip_policy.py) such a skip is a failure.  (The
 from __future__ import annotations
 
 import os
+import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,11 @@ import pytest
 import reference_rwkv4 as ref
 
 pytest_plugins = ["skip_policy"]  # skips not on its allow-list fail under CI
+
+# Hypothesis (the server's request fuzzer) keeps caches in a .hypothesis
+# folder of the working directory even without an example database; keep
+# them out of the checkout (.ci/run checks that the tests leave it clean).
+os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tempfile.gettempdir(), "rwkv_cpp-tests-hypothesis"))
 
 # ---------------------------------------------------------------------------
 # What is built
