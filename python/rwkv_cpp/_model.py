@@ -21,6 +21,7 @@ and state files are built on top of it (``rwkv_cpp.model`` adds them to
 ``Model`` as methods).
 """
 
+import contextlib
 import os
 import shutil
 import threading
@@ -454,6 +455,20 @@ class Context:
         """A new initial state (float32 array of ``state_len``)."""
         return self.model.init_state()
 
+    @contextlib.contextmanager
+    def _evaluating(self):
+        """Holds the context for one evaluation and yields its C pointer;
+        raises RuntimeError when another thread is evaluating on it."""
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError("this Context is evaluating on another thread; a context is for one thread "
+                               "at a time: give each thread its own (model.context())")
+        try:
+            if self._ctx == ffi.NULL:
+                raise _invalid("the context is closed")
+            yield self._ctx
+        finally:
+            self._busy.release()
+
     def eval(self, token, state=None, *, out_logits=None, out_state=None):
         """Evaluates one token.
 
@@ -473,15 +488,8 @@ class Context:
         shape ``(n_tokens, n_vocab)``; with ``logits=False`` the head is
         skipped and ``None`` is returned instead.
         """
-        if not self._busy.acquire(blocking=False):
-            raise RuntimeError("this Context is evaluating on another thread; a context is for one thread "
-                               "at a time: give each thread its own (model.context())")
-        try:
-            if self._ctx == ffi.NULL:
-                raise _invalid("the context is closed")
-            return _eval_sequence(self._ctx, self.model, tokens, state, out_logits, out_state, logits, all_logits)
-        finally:
-            self._busy.release()
+        with self._evaluating() as ctx:
+            return _eval_sequence(ctx, self.model, tokens, state, out_logits, out_state, logits, all_logits)
 
     def eval_batch(self, sequences, states=None):
         """Evaluates ``n_seq`` independent sequences, each from its own state.
@@ -494,15 +502,8 @@ class Context:
         (each sequence's last-token logits) and ``(n_seq, state_len)``.
         The given states are not modified.
         """
-        if not self._busy.acquire(blocking=False):
-            raise RuntimeError("this Context is evaluating on another thread; a context is for one thread "
-                               "at a time: give each thread its own (model.context())")
-        try:
-            if self._ctx == ffi.NULL:
-                raise _invalid("the context is closed")
-            return _eval_batch(self._ctx, self.model, sequences, states)
-        finally:
-            self._busy.release()
+        with self._evaluating() as ctx:
+            return _eval_batch(ctx, self.model, sequences, states)
 
 
 def packed_kernels_available():
