@@ -252,19 +252,22 @@ RWKV_AVX2 void f16_tile(const PackedMatrix & w, const float * x, int64_t t0, flo
     }
 }
 
-// Columns in tiles of 2 (16 ymm registers), the last one alone.
+// Columns in tiles of 2 (16 ymm registers), the last one alone, cache-blocked
+// (for_each_block).
 struct Kernels {
     template <ggml_type TYPE>
     static void quant(const PackedMatrix & w, const uint8_t * x, int64_t T, float * y, int64_t y_stride, int64_t g0,
                       int64_t g1) {
-        for_each_tile<2>(0, T, [&](auto tt, int64_t t0) {
-            quant_tile<TYPE, decltype(tt)::value>(w, x, t0, y, y_stride, g0, g1);
+        for_each_block<2>(w, quantized_column_bytes(w.cols()), T, g0, g1, [&](auto tt, int64_t t0, int64_t ga, int64_t gb) {
+            quant_tile<TYPE, decltype(tt)::value>(w, x, t0, y, y_stride, ga, gb);
         });
     }
 
     static void f16(const PackedMatrix & w, const float * x, int64_t T, float * y, int64_t y_stride, int64_t g0,
                     int64_t g1) {
-        for_each_tile<2>(0, T, [&](auto tt, int64_t t0) { f16_tile<decltype(tt)::value>(w, x, t0, y, y_stride, g0, g1); });
+        for_each_block<2>(w, w.cols() * sizeof(float), T, g0, g1, [&](auto tt, int64_t t0, int64_t ga, int64_t gb) {
+            f16_tile<decltype(tt)::value>(w, x, t0, y, y_stride, ga, gb);
+        });
     }
 };
 

@@ -169,19 +169,25 @@ RWKV_AVX512 void f16_tile(const PackedMatrix & w, const float * x, int64_t t0, f
     }
 }
 
-// All columns in tiles of 4, the rest in smaller tiles.
+// Quantized matrices: columns in tiles of 8 (the unpacked weights of a block
+// serve 8 columns; 8 accumulators fit beside them: batched decode of the
+// 169M RWKV-4 Q5_1 at 32 sequences 66.5 -> 62 ms, 1 thread); F16 in tiles of
+// 4 (16 accumulators of 4 chains; tiles of 6 measured slower, 67-69 ms).
+// Both cache-blocked (for_each_block).
 struct Kernels {
     template <ggml_type TYPE>
     static void quant(const PackedMatrix & w, const uint8_t * x, int64_t T, float * y, int64_t y_stride, int64_t g0,
                       int64_t g1) {
-        for_each_tile<4>(0, T, [&](auto tt, int64_t t0) {
-            quant_tile<TYPE, decltype(tt)::value>(w, x, t0, y, y_stride, g0, g1);
+        for_each_block<8>(w, quantized_column_bytes(w.cols()), T, g0, g1, [&](auto tt, int64_t t0, int64_t ga, int64_t gb) {
+            quant_tile<TYPE, decltype(tt)::value>(w, x, t0, y, y_stride, ga, gb);
         });
     }
 
     static void f16(const PackedMatrix & w, const float * x, int64_t T, float * y, int64_t y_stride, int64_t g0,
                     int64_t g1) {
-        for_each_tile<4>(0, T, [&](auto tt, int64_t t0) { f16_tile<decltype(tt)::value>(w, x, t0, y, y_stride, g0, g1); });
+        for_each_block<4>(w, w.cols() * sizeof(float), T, g0, g1, [&](auto tt, int64_t t0, int64_t ga, int64_t gb) {
+            f16_tile<decltype(tt)::value>(w, x, t0, y, y_stride, ga, gb);
+        });
     }
 };
 

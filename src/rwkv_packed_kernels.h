@@ -8,6 +8,7 @@
 #include "rwkv_packed.h"
 
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <type_traits>
 
@@ -86,6 +87,32 @@ template <int MAX, class Tile>
 void for_each_tile(int64_t t, int64_t T, Tile && tile) {
     for (; t + MAX <= T; t += MAX) tile(std::integral_constant<int, MAX>{}, t);
     if constexpr (MAX > 1) for_each_tile<MAX / 2>(t, T, tile);
+}
+
+// Cache blocking of a product over many columns (prefill, batches): the
+// columns in chunks whose activations stay in L2, and within a chunk the row
+// groups in blocks whose weights stay in L1, each block multiplied with every
+// column tile of the chunk before the next block is read.  Without it, each
+// tile of MAX columns streamed the whole matrix from memory again.  A
+// column's sums do not depend on the tiling or the order of the blocks, so
+// the results are the bits of the unblocked loop.
+constexpr size_t BLOCK_WEIGHT_BYTES = 32 * 1024;    // about L1d
+constexpr size_t CHUNK_COLUMN_BYTES = 256 * 1024;   // well inside L2
+
+// tile(std::integral_constant<int, TT>{}, t0, ga, gb) for every tile of
+// columns [0, T) and block of groups [ga, gb) within [g0, g1).
+template <int MAX, class Tile>
+void for_each_block(const PackedMatrix & w, size_t column_bytes, int64_t T, int64_t g0, int64_t g1, Tile && tile) {
+    const size_t group_bytes = w.bytes() / static_cast<size_t>(std::max<int64_t>(1, w.groups()));
+    const int64_t per_block = std::max<int64_t>(1, static_cast<int64_t>(BLOCK_WEIGHT_BYTES / group_bytes));
+    const int64_t per_chunk = std::max<int64_t>(MAX, static_cast<int64_t>(CHUNK_COLUMN_BYTES / column_bytes) / MAX * MAX);
+    for (int64_t c0 = 0; c0 < T; c0 += per_chunk) {
+        const int64_t c1 = std::min(T, c0 + per_chunk);
+        for (int64_t ga = g0; ga < g1; ga += per_block) {
+            const int64_t gb = std::min(g1, ga + per_block);
+            for_each_tile<MAX>(c0, c1, [&](auto tt, int64_t t0) { tile(tt, t0, ga, gb); });
+        }
+    }
 }
 
 // The switch on the block type, shared by the instruction sets: Kernels has
