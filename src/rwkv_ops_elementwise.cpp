@@ -20,7 +20,7 @@ void relu_sq_compute(ggml_tensor * dst, int ith, int nth, void * /*userdata*/) {
     const float * x = f32(dst->src[0]);
     float * y = f32_mut(dst);
     for (int64_t i = r.begin; i < r.end; ++i) {
-        const float p = x[i] > 0.0f ? x[i] : 0.0f;
+        const float p = ops::positive_part(x[i]);
         y[i] = p * p;
     }
 }

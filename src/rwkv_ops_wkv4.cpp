@@ -10,6 +10,7 @@
 namespace rwkv {
 
 using ops::CHANNEL_BLOCK;
+using ops::exp_f32;
 using ops::f32;
 using ops::f32_mut;
 using ops::Range;
@@ -46,16 +47,16 @@ void wkv4_channels(int A, int64_t t0, int64_t t1, int c0, int c1, const float * 
             const float vv = v[o + c];
             float ww = first[c] + kk;
             float p = std::max(pp[c], ww);
-            float e1 = std::exp(pp[c] - p);
-            float e2 = std::exp(ww - p);
+            float e1 = exp_f32(pp[c] - p);
+            float e2 = exp_f32(ww - p);
             const float wkv = (e1 * aa[c] + e2 * vv) / (e1 * bb[c] + e2);
             out[o + c] = sigmoid(r[o + c]) * wkv;
             // State update: decay the past by exp(w) (w = -exp(time_decay) < 0)
             // and add the current token, again relative to the new max p.
             ww = decay[c] + pp[c];
             p = std::max(ww, kk);
-            e1 = std::exp(ww - p);
-            e2 = std::exp(kk - p);
+            e1 = exp_f32(ww - p);
+            e2 = exp_f32(kk - p);
             aa[c] = e1 * aa[c] + e2 * vv;
             bb[c] = e1 * bb[c] + e2;
             pp[c] = p;

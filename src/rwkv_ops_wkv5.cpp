@@ -13,6 +13,7 @@
 namespace rwkv {
 
 using ops::check_f32;
+using ops::exp_f32;
 using ops::f32;
 using ops::f32_mut;
 using ops::group_norm_head;
@@ -56,7 +57,7 @@ void wkv5_decay(const ggml_tensor * dst, int64_t D, int64_t N, int64_t h, int64_
     }
     const float * decay = f32(dst->src[DECAY]) + t * D + h * N;
     for (int64_t i = 0; i < N; ++i) {
-        w[i] = std::exp(-std::exp(decay[i]));
+        w[i] = exp_f32(-exp_f32(decay[i]));
     }
 }
 

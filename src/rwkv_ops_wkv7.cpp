@@ -14,6 +14,7 @@
 namespace rwkv {
 
 using ops::check_f32;
+using ops::exp_f32;
 using ops::f32;
 using ops::f32_mut;
 using ops::group_norm_head;
@@ -152,7 +153,7 @@ void wkv7_token_vectors(const ggml_tensor * dst, int64_t N, int64_t c0, int64_t 
     const float *kk = f32(dst->src[PREP]) + WKV7_KK * DT + c0, *a = f32(dst->src[PREP]) + WKV7_A * DT + c0;
     for (int64_t j = 0; j < N; ++j) {
         // w = torch.exp(-0.606531 * torch.sigmoid((w0 + w).float()))
-        w[j] = std::exp(-V7_DECAY_SCALE * sigmoid(w0[j] + w_lora[j]));
+        w[j] = exp_f32(-V7_DECAY_SCALE * sigmoid(w0[j] + w_lora[j]));
         neg_kk[j] = -kk[j];
         b[j] = kk[j] * a[j];
     }

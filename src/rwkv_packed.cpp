@@ -427,7 +427,10 @@ void apply_activation(PackedAct act, float * y, int64_t rows, int64_t T, int64_t
             case PackedAct::TANH: std::transform(col + r0, col + r1, col + r0, [](float v) { return std::tanh(v); }); break;
             case PackedAct::SIGMOID: std::transform(col + r0, col + r1, col + r0, ops::sigmoid); break;
             case PackedAct::RELU_SQ:
-                std::transform(col + r0, col + r1, col + r0, [](float v) { return v > 0.0f ? v * v : 0.0f; });
+                std::transform(col + r0, col + r1, col + r0, [](float v) {
+                    const float p = ops::positive_part(v);
+                    return p * p;
+                });
                 break;
         }
     }
