@@ -21,7 +21,8 @@ Steps:
    wall time) beside the solo rate, time to first token (request sent to
    first non-empty text) and time per output token (each stream's first to
    last text piece over its tokens) at p50 and p99, and the server's peak
-   RSS (VmHWM).
+   RSS (VmHWM); then, from the server's /metrics, its batched steps during
+   the load (how many, their mean batch size and time).
 
 Timings on a shared machine are noisy: read the ratio against the solo rate,
 taken in the same run.
@@ -159,6 +160,19 @@ async def load(url, texts, seeds, args):
         return done, time.perf_counter() - start
 
 
+def scheduler_totals(url):
+    """The server's batched steps so far, from /metrics: their number, the
+    sequences they held and their seconds."""
+    names = {"rwkv_step_seconds_count": "steps", "rwkv_step_seconds_sum": "seconds",
+             "rwkv_batch_size_sum": "sequences"}
+    totals = dict.fromkeys(names.values(), 0.0)
+    for line in httpx.get(url + "/metrics", timeout=30).text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in names:
+            totals[names[name]] = float(value)
+    return totals
+
+
 def progress(line):
     print(line, file=sys.stderr, flush=True)
 
@@ -233,12 +247,20 @@ def main(argv=None):
     proc, url = start_server(model, free_port(), args)
     try:
         solo_streams, solo_s = asyncio.run(solo(url, texts, seeds, args.max_tokens))
+        before = scheduler_totals(url)
         streams, load_s = asyncio.run(load(url, texts, seeds, args))
         rss = peak_rss_mib(proc.pid)
+        steps = {k: v - before[k] for k, v in scheduler_totals(url).items()}
     finally:
         proc.terminate()
         proc.wait(30)
-    if not report(args, model, solo_streams, solo_s, streams, load_s, rss):
+    ok = report(args, model, solo_streams, solo_s, streams, load_s, rss)
+    if steps["steps"]:
+        print("\nscheduler during the load: %d batched steps, %.1f sequences a step on average, %.1f ms a step "
+              "(the scheduler thread's own time, %.0f%% of the load's wall time)"
+              % (steps["steps"], steps["sequences"] / steps["steps"], 1000 * steps["seconds"] / steps["steps"],
+                 100 * steps["seconds"] / load_s))
+    if not ok:
         sys.exit(1)
 
 
