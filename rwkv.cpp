@@ -6,10 +6,13 @@
 #include "rwkv_context.h"
 #include "rwkv_model.h"
 #include "rwkv_quantize.h"
+#include "rwkv_sampling.h"
 #include "rwkv_tokenizer.h"
 
+#include <algorithm>
 #include <cstring>
 #include <new>
+#include <vector>
 
 struct rwkv_model {
     std::unique_ptr<rwkv::Model> impl;
@@ -225,6 +228,24 @@ enum rwkv_status rwkv_quantize_rows(enum rwkv_type type, const float * src, int6
     } else {
         st = guarded(message, [&] {
             rwkv::quantize_rows(static_cast<rwkv_type>(t), src, n_rows, n_per_row, dst, dst_size, n_threads);
+        });
+    }
+    write_message(error_buf, error_buf_size, message);
+    return st;
+}
+
+enum rwkv_status rwkv_sample_rows(const struct rwkv_sample_row * rows, size_t n_rows, size_t n_vocab,
+                                  int32_t * tokens_out, char * error_buf, size_t error_buf_size) {
+    std::string message;
+    rwkv_status st;
+    if (n_rows > 0 && (rows == nullptr || tokens_out == nullptr)) {
+        message = "rwkv_sample_rows: rows and tokens_out must not be NULL";
+        st = RWKV_STATUS_ERROR_INVALID_ARGUMENT;
+    } else {
+        st = guarded(message, [&] {
+            std::vector<int32_t> tokens(n_rows);
+            rwkv::sample_rows(rows, n_rows, n_vocab, tokens.data());
+            std::copy(tokens.begin(), tokens.end(), tokens_out);
         });
     }
     write_message(error_buf, error_buf_size, message);

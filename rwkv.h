@@ -301,6 +301,43 @@ RWKV_API enum rwkv_status rwkv_quantize_rows(
     char * error_buf,
     size_t error_buf_size);
 
+/* One row of rwkv_sample_rows: a distribution over the n_vocab tokens. */
+struct rwkv_sample_row {
+    const double * probs;    /* n_vocab probabilities up to a common factor,
+                                finite and >= 0 (e.g. exp(logit - max logit));
+                                0 for a banned token                            */
+    const double * weights;  /* n_vocab draw weights, finite and >= 0 (e.g.
+                                exp((logit - max) / temperature)), or NULL for
+                                probs (temperature 1)                           */
+    double top_p;            /* in [0, 1]; 1 keeps every token                  */
+    int32_t top_k;           /* >= 0; 0: no limit                               */
+    double u;                /* a uniform draw in [0, 1) from the caller's
+                                generator                                      */
+};
+
+/* Draws one token per row, in float64:
+ * 1. top-p: with S the sum of probs in id order, the candidates are the
+ *    tokens whose prob is >= the value at which the cumulative sum of the
+ *    probs in decreasing order first reaches top_p * S (every token if it
+ *    never does, or top_p is 1);
+ * 2. top-k (top_k > 0 and fewer than the candidates): the top_k candidates
+ *    with the largest probs; of those tied with the k-th, the lowest ids;
+ * 3. the draw: with C the cumulative sum of the candidates' weights in id
+ *    order, the first candidate whose C exceeds u * (the last C); the last
+ *    candidate with a weight > 0 if rounding leaves none.
+ * The sums are sequential, so the token is a function of the inputs alone
+ * (rwkv_cpp.sampling holds the same steps in numpy as the reference).  Every
+ * row is checked first (NULL probs, top_p, top_k, u, non-finite or negative
+ * values, no candidate with a weight > 0); on failure tokens_out is not
+ * written.  n_rows may be 0. */
+RWKV_API enum rwkv_status rwkv_sample_rows(
+    const struct rwkv_sample_row * rows,
+    size_t n_rows,
+    size_t n_vocab,
+    int32_t * tokens_out,
+    char * error_buf,
+    size_t error_buf_size);
+
 /* Greedy longest-match tokenizer over bytes (the RWKV "World" tokenizer):
  * at each position the longest vocabulary entry that prefixes the rest of
  * the input is emitted.  Immutable once made; shareable by threads. */

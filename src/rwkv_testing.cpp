@@ -6,10 +6,12 @@
 #include "rwkv_model.h"
 #include "rwkv_ops.h"
 #include "rwkv_packed.h"
+#include "rwkv_sampling.h"
 
 #include "ggml-cpu.h"
 #include "ggml.h"
 
+#include <cmath>
 #include <cstring>
 #include <algorithm>
 #include <initializer_list>
@@ -395,6 +397,14 @@ uint64_t rwkv_testing_batch_graphs_built(const char * path, uint32_t max_chunk_t
     } catch (const std::exception &) {
         return 0;
     }
+}
+
+double rwkv_testing_top_p_cutoff(const double * probs, int64_t n, double top_p, int sorted) {
+    if (probs == nullptr || n < 1) {
+        return std::nan("");
+    }
+    TopPScratch scratch;
+    return sorted ? top_p_cutoff_sorted(probs, n, top_p) : top_p_cutoff(probs, n, top_p, scratch);
 }
 
 }  // extern "C"

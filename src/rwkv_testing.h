@@ -121,6 +121,11 @@ RWKV_API uint64_t rwkv_testing_batch_graphs_built(const char * path, uint32_t ma
                                                   const uint32_t * n_seqs, size_t n_batches,
                                                   const uint32_t * lengths);
 
+/* The top-p cut-off of probs[0, n) (rwkv_sampling.h) at top_p: the fast
+ * one (bucketed masses, sorted whole when undecided) if sorted is 0, else
+ * the one of the definition (a full sort).  NaN on failure. */
+RWKV_API double rwkv_testing_top_p_cutoff(const double * probs, int64_t n, double top_p, int sorted);
+
 /* RWKV_CDEF_END */
 
 #ifdef __cplusplus

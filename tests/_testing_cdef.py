@@ -61,4 +61,6 @@ size_t rwkv_testing_graph_node_names(const char * path, uint32_t n_tokens, int l
 uint64_t rwkv_testing_batch_graphs_built(const char * path, uint32_t max_chunk_tokens,
                                                   const uint32_t * n_seqs, size_t n_batches,
                                                   const uint32_t * lengths);
+
+double rwkv_testing_top_p_cutoff(const double * probs, int64_t n, double top_p, int sorted);
 """

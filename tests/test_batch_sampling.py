@@ -160,3 +160,21 @@ def test_blocks_of_rows_give_the_same_tokens(monkeypatch):
     samplers[5] = Sampler(SamplingParams(token_ban=range(300)), 300)
     with pytest.raises(ValueError, match="row 5: every token is banned"):
         sample_batch(samplers, logits[:6])
+
+
+def test_threads_give_the_same_tokens(monkeypatch):
+    """Blocks of rows on several threads: the same tokens, and the error of
+    the first dead row."""
+    import rwkv_cpp.sampling as sampling
+
+    monkeypatch.setattr(sampling, "BLOCK_VALUES", 600)  # 2 rows a block
+    rng = np.random.default_rng(4)
+    logits = rng.standard_normal((9, 300)).astype(np.float32)
+    runs = []
+    for n_threads in (1, 2, 3):
+        samplers = [Sampler(SamplingParams(seed=i, top_k=i, temperature=0.5 + 0.1 * i), 300) for i in range(9)]
+        runs.append(sample_batch(samplers, logits, n_threads=n_threads).tolist())
+    assert runs[0] == runs[1] == runs[2]
+    samplers = [Sampler(SamplingParams(token_ban=range(300) if i in (5, 7) else ()), 300) for i in range(9)]
+    with pytest.raises(ValueError, match="row 5: every token is banned"):
+        sample_batch(samplers, logits, n_threads=3)

@@ -187,6 +187,22 @@ enum rwkv_status rwkv_quantize_rows(
     char * error_buf,
     size_t error_buf_size);
 
+struct rwkv_sample_row {
+    const double * probs;
+    const double * weights;
+    double top_p;
+    int32_t top_k;
+    double u;
+};
+
+enum rwkv_status rwkv_sample_rows(
+    const struct rwkv_sample_row * rows,
+    size_t n_rows,
+    size_t n_vocab,
+    int32_t * tokens_out,
+    char * error_buf,
+    size_t error_buf_size);
+
 struct rwkv_tokenizer;
 
 enum rwkv_status rwkv_tokenizer_init(

@@ -148,6 +148,8 @@ class Scheduler:
         self._active = []
         self._lock = threading.Lock()       # the two lists
         self._stepping = threading.Lock()   # one step() at a time
+        # the draws run between evaluations, on as many threads as they use
+        self._sampling_threads = int(getattr(model_or_context, "n_threads", 1) or 1)
 
     @property
     def active(self):
@@ -244,7 +246,8 @@ class Scheduler:
     def _draw(self, jobs):
         if not jobs:
             return
-        tokens = sample_batch([job._output.sampler for job in jobs], np.stack([job.logits for job in jobs]))
+        tokens = sample_batch([job._output.sampler for job in jobs], np.stack([job.logits for job in jobs]),
+                              n_threads=self._sampling_threads)
         for job, token in zip(jobs, tokens):
             job._take(int(token))
 

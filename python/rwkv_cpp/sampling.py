@@ -1,6 +1,6 @@
 """Sampling of the next token from logits, with the semantics of the
 official package's ``PIPELINE_ARGS`` / ``PIPELINE.sample_logits``
-(``rwkv.utils``), vectorised with numpy.
+(``rwkv.utils``), in float64.
 
 For one step, given the model's logits:
 
@@ -8,36 +8,49 @@ For one step, given the model's logits:
    occurred in the output so far gets ``alpha_presence + count *
    alpha_frequency`` subtracted, where ``count`` decays by ``alpha_decay``
    per generated token (see ``Sampler.accept``);
-2. ``probs = softmax(logits)``;
-3. top-p: the tokens whose probability is below that of the token at which
-   the cumulative probability (in decreasing order) first reaches ``top_p``
-   are dropped (so ties with that token are kept);
+2. ``probs = exp(logit - max)``: the probabilities up to their sum ``S``
+   (summed in id order); a banned token has 0;
+3. top-p: the tokens whose prob is below that of the token at which the
+   cumulative sum of the probs, in decreasing order, first reaches
+   ``top_p * S`` are dropped (so ties with that token are kept);
+   ``top_p >= 1`` keeps every token;
 4. top-k (``top_k > 0``): only the ``top_k`` most probable remain;
 5. temperature: ``probs ** (1 / temperature)``, renormalised; computed as
    ``exp((logit - max) / temperature)`` on the remaining tokens, the same
    distribution without underflow for small temperatures;
-6. a draw from the numpy ``Generator`` (seedable).
+6. a draw from the numpy ``Generator`` (seedable): ``u = rng.random()``, then
+   the first remaining token, in id order, whose cumulative weight exceeds
+   ``u`` times the total.
 
 ``temperature == 0`` is greedy: the token of the largest penalised logit.
 
-Deliberate differences from the official code: ``top_p >= 1`` keeps every
-token (the official cut-off can fall to the single best token when the
-float32 cumulative sum ends just below 1.0), and ties are broken towards the
-lowest id instead of at random: at temperature 0 between the best tokens, in
-top-k between the tokens tied with the k-th most probable.
+Deliberate differences from the official code: float64 instead of float32,
+``top_p >= 1`` keeps every token (the official cut-off can fall to the
+single best token when the float32 cumulative sum ends just below 1.0), and
+ties are broken towards the lowest id instead of at random: at temperature 0
+between the best tokens, in top-k between the tokens tied with the k-th
+most probable.
 
+Steps 3, 4 and 6 run in the C library (``rwkv_sample_rows``), whose sums are
+sequential like numpy's ``cumsum``: ``candidates``, ``top_p_cutoff``,
+``top_k_ids`` and ``draw`` here are the same steps written plainly with
+numpy, the reference the tests hold it to, token for token.
 ``Sampler.sample`` draws one token from one row of logits;
 ``sample_batch`` (``sample_rows`` underneath) draws one token per row of an
 ``(n, n_vocab)`` array at once, with per-row settings, penalties and
-generators, and gives row by row the very token ``Sampler.sample`` gives: the
-same float64 operations in the same order, on masks over the whole vocabulary
-instead of index lists (see ``sample_rows``).
+generators: the same calls row by row, so the very token ``Sampler.sample``
+gives.
 """
 
+import concurrent.futures
+import threading
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
+
+from ._lib import ffi, lib
+from .errors import error_for
 
 #: a generated token whose text is a substring of this adds no count (but
 #: is still "present"), as in the official pipeline: spaces, tabs, digits.
@@ -113,14 +126,14 @@ def truncated_probabilities(logits, temperature=1.0, top_p=0.85, top_k=0):
 
 def candidates(logits, temperature, top_p, top_k):
     """``(ids, weights)``: the tokens that survive top-p and top-k, and
-    their unnormalised tempered probabilities ``exp((logit - max) / T)``."""
+    their unnormalised tempered probabilities ``exp((logit - max) / T)``
+    (the reference of ``rwkv_sample_rows``'s steps)."""
     shifted = logits - logits.max()
     probs = np.exp(shifted)
-    probs /= probs.sum()
     if top_p < 1:
         ids = np.flatnonzero(probs >= top_p_cutoff(probs, top_p))
     else:
-        ids = np.flatnonzero(np.isfinite(shifted))
+        ids = np.arange(logits.size)
     if 0 < top_k < ids.size:
         ids = top_k_ids(ids, probs[ids], top_k)
     return ids, np.exp(shifted[ids] / temperature)
@@ -137,40 +150,15 @@ def top_k_ids(ids, probs, top_k):
     return ids[keep]
 
 
-#: how many of the most probable tokens are sorted first when looking for
-#: the top-p cut-off; if these do not reach top_p, 8 times as many, and so on
-#: up to all of them (a flat distribution is not sorted whole at once).
-_TOP_P_FIRST_TRY = 512
-_TOP_P_GROWTH = 8
-
-
 def top_p_cutoff(probs, top_p):
-    """The probability of the token at which the cumulative probability, in
-    decreasing order, first reaches ``top_p`` (0 if it never does)."""
-    return float(top_p_cutoffs(np.asarray(probs)[None, :], np.array([top_p], dtype=np.float64))[0])
-
-
-def top_p_cutoffs(probs, top_p):
-    """``top_p_cutoff`` of every row of ``probs`` ``(n, n_vocab)``, with
-    ``top_p`` a vector of ``n``: float64 vector."""
-    n, n_vocab = probs.shape
-    cutoffs = np.zeros(n, dtype=np.float64)
-    todo = np.arange(n)
-    m = min(n_vocab, _TOP_P_FIRST_TRY)
-    while todo.size:
-        # the m largest of each row, in decreasing order: the same prefix as a
-        # full sort, so the same (sequential) cumulative sums
-        rows = _take(probs, todo)
-        top = np.sort(np.partition(rows, n_vocab - m, axis=1)[:, n_vocab - m:] if m < n_vocab else rows,
-                      axis=1)[:, ::-1]
-        reached = np.cumsum(top, axis=1) >= top_p[todo, None]
-        found = reached.any(axis=1)
-        first = np.argmax(reached, axis=1)
-        cutoffs[todo[found]] = top[found, first[found]]
-        if m == n_vocab:
-            break  # rows never reaching top_p keep the cut-off 0
-        todo, m = todo[~found], min(n_vocab, m * _TOP_P_GROWTH)
-    return cutoffs
+    """The value of ``probs`` (>= 0, up to a factor) at which their
+    cumulative sum in decreasing order first reaches ``top_p`` times their
+    sum in id order; 0 if it never does.  Both sums sequential (``cumsum``)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    target = top_p * np.cumsum(probs)[-1]
+    top = np.sort(probs)[::-1]
+    reached = np.cumsum(top) >= target
+    return float(top[np.argmax(reached)]) if reached.any() else 0.0
 
 
 class Sampler:
@@ -223,10 +211,9 @@ class Sampler:
         adjusted = self.penalised(logits)
         if not np.isfinite(adjusted).any():
             raise ValueError("every token is banned or the logits are not finite")
-        if self.params.temperature == 0:
-            return int(np.argmax(adjusted))
-        ids, weights = candidates(adjusted, self.params.temperature, self.params.top_p, self.params.top_k)
-        return int(ids[draw(weights, self.rng)])
+        p = self.params
+        return int(sample_rows(adjusted[None, :], np.array([p.temperature]), np.array([p.top_p]),
+                               np.array([p.top_k]), [self.rng])[0])
 
     def accept(self, token, text):
         """Records a generated token: every count decays, then the token
@@ -251,29 +238,29 @@ def draw(weights, rng):
 # A batch of rows at once
 # ---------------------------------------------------------------------------
 #
-# The steps of ``Sampler.sample`` over an (n, n_vocab) array.  Where the row
-# version keeps index lists (the candidates, then the top-k ids), these keep
-# boolean masks over the whole vocabulary, which select the same tokens:
-# - sums and maxima along a row are numpy's same per-row reductions, and
-#   every other step is elementwise, so the probabilities are the same;
-# - the top-p cut-off is the same function (top_p_cutoffs);
-# - the draw packs each row's candidates to the left in id order, padded
-#   with weight 0 at the end (x + 0.0 == x exactly), so each row's
-#   sequential cumulative sum, and the first point of it above u, are the
-#   row version's.
-# tests/test_batch_sampling.py checks the tokens against Sampler.sample.
+# ``Sampler.sample`` is ``sample_rows`` on one row, so a row of a batch
+# gets the token it gets alone: the same numpy calls on that row (sums and
+# maxima along a row are per-row reductions, the rest elementwise), then the
+# same ``rwkv_sample_rows`` step.  tests/test_batch_sampling.py checks the
+# tokens against Sampler.sample and tests/test_sampling.py the steps against
+# the numpy reference above.
 
 
 #: rows sampled together hold about this many values: a block of float64
-#: temporaries then stays in the CPU's L2 cache (a 65536-token vocabulary is
+#: temporaries (the penalised logits, probabilities, weights) then stays in
+#: the CPU's L2 cache (a 65536-token vocabulary is
 #: sampled 2 rows at a time, a 256-token one 512 rows at a time).
 BLOCK_VALUES = 2**17
 
 
-def sample_batch(samplers, logits):
+def sample_batch(samplers, logits, n_threads=1):
     """One token per row of ``logits`` ``(n, n_vocab)``: row ``i`` drawn by
     ``samplers[i]`` (its settings, penalties and generator), exactly the
-    token ``samplers[i].sample(logits[i])`` would give.  int64 vector."""
+    token ``samplers[i].sample(logits[i])`` would give.  int64 vector.
+
+    ``n_threads`` > 1 samples blocks of rows on that many threads (numpy and
+    the C step release the GIL); each row is still drawn by its own sampler
+    alone, so the tokens do not depend on it."""
     samplers = list(samplers)
     logits = np.asarray(logits)
     if logits.ndim != 2 or logits.shape[0] != len(samplers):
@@ -283,14 +270,32 @@ def sample_batch(samplers, logits):
         if sampler.n_vocab != logits.shape[1]:
             raise ValueError("logits have %d values per row, sampler %d expects %d"
                              % (logits.shape[1], i, sampler.n_vocab))
-    tokens = np.zeros(len(samplers), dtype=np.int64)
     rows = max(1, BLOCK_VALUES // max(logits.shape[1], 1))
-    for start in range(0, len(samplers), rows):
+    starts = range(0, len(samplers), rows)
+
+    def block(start):
         try:
-            tokens[start:start + rows] = _sample_block(samplers[start:start + rows], logits[start:start + rows])
+            return _sample_block(samplers[start:start + rows], logits[start:start + rows])
         except _DeadRow as dead:
             raise _DeadRow(start + dead.row) from None
-    return tokens
+
+    if n_threads > 1 and len(starts) > 1:
+        blocks = list(_pool(n_threads).map(block, starts))  # the first failing block's error, as in a loop
+    else:
+        blocks = [block(start) for start in starts]
+    return np.concatenate(blocks).astype(np.int64) if blocks else np.zeros(0, dtype=np.int64)
+
+
+_pools = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(n_threads):
+    """A shared pool of ``n_threads`` threads for ``sample_batch``."""
+    with _pools_lock:
+        if n_threads not in _pools:
+            _pools[n_threads] = concurrent.futures.ThreadPoolExecutor(n_threads, thread_name_prefix="rwkv-sample")
+        return _pools[n_threads]
 
 
 def _sample_block(samplers, logits):
@@ -347,59 +352,38 @@ def sample_rows(penalised, temperature, top_p, top_k, rngs):
     return tokens
 
 
-def _draw_tempered(logits, temperature, top_p, top_k, rngs):
-    """``candidates`` then ``draw`` for every row (all temperatures > 0)."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    probs = np.exp(shifted)
-    probs /= probs.sum(axis=1, keepdims=True)
-    keep = np.isfinite(shifted)  # top_p >= 1: every token not banned
-    nucleus = np.flatnonzero(top_p < 1)
-    if nucleus.size:
-        some = _take(probs, nucleus)
-        keep[nucleus] = some >= top_p_cutoffs(some, top_p[nucleus])[:, None]
-    _top_k_masks(keep, probs, top_k)
-    return _draw_candidates(keep, shifted, temperature, rngs)
-
-
 def _take(array, rows):
     """``array[rows]``, without a copy when ``rows`` are all rows in order."""
     return array if rows.size == array.shape[0] else array[rows]
 
 
-def _top_k_masks(keep, probs, top_k):
-    """Narrows each row's mask ``keep`` to its ``top_k`` most probable
-    tokens (where 0 < top_k < candidates), ties with the k-th kept in id
-    order up to k: ``top_k_ids`` on masks."""
-    rows = np.flatnonzero((top_k > 0) & (top_k < keep.sum(axis=1)))
-    if not rows.size:
-        return
-    p = np.where(keep[rows], probs[rows], -1.0)  # -1: not a candidate (probabilities are >= 0)
-    at = p.shape[1] - top_k[rows]                # where the k-th largest lands in ascending order
-    kth = np.partition(p, np.unique(at), axis=1)[np.arange(rows.size), at][:, None]
-    above = p > kth
-    tied = p == kth
-    room = top_k[rows] - np.count_nonzero(above, axis=1)
-    crowded = np.flatnonzero(np.count_nonzero(tied, axis=1) > room)  # more ties than places left
-    tied[crowded] &= np.cumsum(tied[crowded], axis=1) <= room[crowded, None]
-    keep[rows] = above | tied
+_ERROR_BUF_SIZE = 1024
 
 
-def _draw_candidates(keep, shifted, temperature, rngs):
-    """``draw`` for every row over its candidates (``keep``), in id order,
-    with the weights ``exp(shifted / temperature)``.  The candidates are
-    packed to the left of an (n, most candidates) array padded with weight
-    0 at the end, so each row's sequential cumulative sum is the row
-    version's, and only the candidates are exponentiated and summed."""
-    rows, cols = np.nonzero(keep)  # row-major: ids ascending within a row
-    per_row = np.bincount(rows, minlength=keep.shape[0])
-    place = np.arange(rows.size) - (np.cumsum(per_row) - per_row)[rows]
-    weights = np.zeros((keep.shape[0], per_row.max()))
-    weights[rows, place] = np.exp(shifted[rows, cols] / temperature[rows])
-    ids = np.zeros(weights.shape, dtype=np.int64)
-    ids[rows, place] = cols
-    cdf = np.cumsum(weights, axis=1)
-    point = np.array([rng.random() for rng in rngs]) * cdf[:, -1]
-    index = np.count_nonzero(cdf <= point[:, None], axis=1)  # searchsorted(side="right")
-    # rounding can put the point at the very end: take the last positive weight
-    last = weights.shape[1] - 1 - np.argmax(weights[:, ::-1] > 0, axis=1)
-    return ids[np.arange(ids.shape[0]), np.minimum(index, last)]
+def _draw_tempered(logits, temperature, top_p, top_k, rngs):
+    """Steps 2-6 for every row (all temperatures > 0): the probabilities
+    and weights with numpy, the rest in ``rwkv_sample_rows``.  numpy's exp
+    is elementwise (a value's result does not depend on the array around
+    it), so the weights of whole rows are those ``candidates`` computes for
+    its ids."""
+    n, n_vocab = logits.shape
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    probs = np.ascontiguousarray(np.exp(shifted))
+    rows = ffi.new("struct rwkv_sample_row[]", n)
+    keep = [probs]
+    for i in range(n):
+        rows[i].probs = ffi.cast("double *", ffi.from_buffer(probs[i]))
+        if temperature[i] != 1.0:  # at 1, the weights are the probs (x / 1.0 == x)
+            weights = np.ascontiguousarray(np.exp(shifted[i] / temperature[i]))
+            keep.append(weights)
+            rows[i].weights = ffi.cast("double *", ffi.from_buffer(weights))
+        rows[i].top_p = min(float(top_p[i]), 1.0)
+        rows[i].top_k = int(top_k[i])
+        rows[i].u = rngs[i].random()
+    tokens = np.zeros(n, dtype=np.int32)
+    errbuf = ffi.new("char[]", _ERROR_BUF_SIZE)
+    status = lib.rwkv_sample_rows(rows, n, n_vocab, ffi.cast("int32_t *", ffi.from_buffer(tokens)), errbuf,
+                                  _ERROR_BUF_SIZE)
+    if status != lib.RWKV_STATUS_OK:
+        raise error_for(status, ffi.string(errbuf).decode("utf-8", errors="replace"))
+    return tokens
