@@ -44,6 +44,17 @@ ggml_tensor * GraphBuilder::matmul(ggml_tensor * w, ggml_tensor * x, const std::
     return y;
 }
 
+void GraphBuilder::products_node(const PackedProduct * p, int n, const char * node, const char * const * what,
+                                 ggml_tensor ** out, int il) const {
+    ggml_tensor * y = name(packed_products(ctx, p, n, out), node, il);
+    for (int i = 0; i < n; ++i) {
+        for (ggml_tensor * s = y->src[i]; s != p[i].x; s = s->src[0]) {  // a contiguous copy, a quantization
+            name(s, std::string(what[i]) + (s->type == GGML_TYPE_I8 ? "_q8" : "_cont"), il);
+        }
+        name(out[i], what[i], il);
+    }
+}
+
 ggml_tensor * GraphBuilder::layer_norm(ggml_tensor * x, NormWeights ln, const std::string & what, int il) const {
     ggml_tensor * standard = name(ggml_norm(ctx, x, hp.ln_eps), what + "_std", il);
     return name(ggml_add(ctx, name(ggml_mul(ctx, standard, ln.w), what + "_scaled", il), ln.b), what, il);
@@ -136,9 +147,24 @@ ggml_tensor * GraphBuilder::channel_mix_rkv(ggml_tensor * x, const FfnRKV & f, N
         kx = block(mixed, 0, "ffn_kx", il);
         rx = block(mixed, 1, "ffn_rx", il);
     }
-    // vx = relu(kx @ kw) ** 2; x + sigmoid(rx @ rw) * (vx @ vw)   (fused ops)
-    ggml_tensor * vx = name(relu_sq(ctx, matmul(f.k, kx, "ffn_k", il)), "ffn_k_sq", il);
-    return name(gated_residual(ctx, x, matmul(f.r, rx, "ffn_r", il), matmul(f.v, vx, "ffn_v", il)), "ffn_res", il);
+    // vx = relu(kx @ kw) ** 2; x + sigmoid(rx @ rw) * (vx @ vw)   (fused ops;
+    // with both matrices packed, the two products and the square are one node)
+    ggml_tensor * vx;
+    ggml_tensor * r;
+    const PackedMatrix * packed_k = model.packed(f.k);
+    const PackedMatrix * packed_r = model.packed(f.r);
+    if (packed_k != nullptr && packed_r != nullptr) {
+        const PackedProduct products[] = {{packed_k, kx, PackedAct::RELU_SQ}, {packed_r, rx, PackedAct::NONE}};
+        static const char * const what[] = {"ffn_k_sq", "ffn_r"};
+        ggml_tensor * out[2] = {};
+        products_node(products, 2, "ffn_k", what, out, il);
+        vx = out[0];
+        r = out[1];
+    } else {
+        vx = name(relu_sq(ctx, matmul(f.k, kx, "ffn_k", il)), "ffn_k_sq", il);
+        r = matmul(f.r, rx, "ffn_r", il);
+    }
+    return name(gated_residual(ctx, x, r, matmul(f.v, vx, "ffn_v", il)), "ffn_res", il);
 }
 
 }  // namespace rwkv

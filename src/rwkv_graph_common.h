@@ -8,6 +8,7 @@
 #pragma once
 
 #include "rwkv_graph.h"
+#include "rwkv_packed.h"
 
 #include <cstddef>
 #include <cstdint>
@@ -63,6 +64,13 @@ public:
     // x @ w.T for a matrix w [out, in] (ggml [in, out]) and x [in, T]: the
     // packed kernel when the model packed w (rwkv_packed.h), else ggml's.
     ggml_tensor * matmul(ggml_tensor * w, ggml_tensor * x, const std::string & what, int il) const;
+
+    // One packed_products node "node.il" (rwkv_packed.h) of the n products
+    // p, so that one barrier follows all of them; out[i] gets product i's
+    // block, named "what[i].il", and its input nodes are named as matmul
+    // names them.  Every p[i].w must be a packed matrix.
+    void products_node(const PackedProduct * p, int n, const char * node, const char * const * what,
+                       ggml_tensor ** out, int il) const;
 
     // F.layer_norm(x, (D,), weight=ln.w, bias=ln.b, eps), per column of x [D, T]
     ggml_tensor * layer_norm(ggml_tensor * x, NormWeights ln, const std::string & what, int il) const;

@@ -15,6 +15,28 @@ namespace rwkv {
 
 namespace {
 
+// r, k, v (and g where the version has the gate) of the mixed inputs
+// [D, T, 3 or 4] (k, v, r, g blocks): one packed_products node when every
+// matrix is packed, else a product node each.
+void projections(const GraphBuilder & b, const LayerV5 & l, int il, ggml_tensor * mixed, ggml_tensor ** rkvg) {
+    const int n = b.hp.has_gate ? 4 : 3;
+    ggml_tensor * const w[] = {l.att.r, l.att.k, l.att.v, l.att.g};
+    static const int block[] = {2, 0, 1, 3};
+    static const char * const x_names[] = {"att_rx", "att_kx", "att_vx", "att_gx"};
+    static const char * const names[] = {"att_r", "att_k", "att_v", "att_g"};
+    PackedProduct products[4] = {};
+    bool packed = true;
+    for (int i = 0; i < n; ++i) {
+        products[i] = {b.model.packed(w[i]), b.block(mixed, block[i], x_names[i], il), PackedAct::NONE};
+        packed = packed && products[i].w != nullptr;
+    }
+    if (packed) {
+        b.products_node(products, n, "att_proj", names, rkvg, il);
+        return;
+    }
+    for (int i = 0; i < n; ++i) rkvg[i] = b.matmul(w[i], products[i].x, names[i], il);
+}
+
 // Time mixing of layer il; returns x + att(x).
 ggml_tensor * time_mixing(const GraphBuilder & b, const LayerV5 & l, int il, ggml_tensor * x) {
     const HParams & hp = b.hp;
@@ -24,9 +46,9 @@ ggml_tensor * time_mixing(const GraphBuilder & b, const LayerV5 & l, int il, ggm
     ggml_tensor * mixed =
         b.name(shift_mix(b.ctx, s.xx, s.x_prev, b.io.seqs, mu, hp.has_gate ? 4 : 3, MixForm::WeightedSum), "att_mix", il);
     // r = rx @ rw; k = kx @ kw; v = vx @ vw   (no sigmoid on r from v5 on)
-    ggml_tensor * r = b.matmul(l.att.r, b.block(mixed, 2, "att_rx", il), "att_r", il);
-    ggml_tensor * k = b.matmul(l.att.k, b.block(mixed, 0, "att_kx", il), "att_k", il);
-    ggml_tensor * v = b.matmul(l.att.v, b.block(mixed, 1, "att_vx", il), "att_v", il);
+    ggml_tensor * rkvg[4] = {};
+    projections(b, l, il, mixed, rkvg);
+    ggml_tensor *r = rkvg[0], *k = rkvg[1], *v = rkvg[2];
     // out = GroupNorm(r @ (u * k @ v + s)); s = k @ v + w * s
     const size_t s_off = b.model.wkv_state_offset(il, WKV_ATT_STATE);
     ggml_tensor * state = b.state_in(s_off, int64_t(hp.n_embed) * hp.head_size, "wkv_state", il);
@@ -37,8 +59,7 @@ ggml_tensor * time_mixing(const GraphBuilder & b, const LayerV5 & l, int il, ggm
     ggml_tensor * y = b.wkv_output(out, s_off, il);
     if (hp.has_gate) {
         // out = out * F.silu(gx @ gw)
-        ggml_tensor * g = b.matmul(l.att.g, b.block(mixed, 3, "att_gx", il), "att_g", il);
-        y = b.name(ggml_mul(b.ctx, y, b.name(ggml_silu(b.ctx, g), "att_g_silu", il)), "att_gated", il);
+        y = b.name(ggml_mul(b.ctx, y, b.name(ggml_silu(b.ctx, rkvg[3]), "att_g_silu", il)), "att_gated", il);
     }
     // x + out @ ow
     return b.name(ggml_add(b.ctx, x, b.matmul(l.att.o, y, "att_out", il)), "att_res", il);

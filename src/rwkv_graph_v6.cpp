@@ -38,10 +38,32 @@ ggml_tensor * data_dependent_mix(const GraphBuilder & b, const LayerV6 & l, int 
     return b.name(shift_mix_lora(ctx, s.xx, s.x_prev, b.io.seqs, mwkvrg, l.maa), "att_mix", il);
 }
 
-// w = t_decay + tanh(wx @ td_w1) @ td_w2   (exp(-exp(w)) is taken in wkv5)
-ggml_tensor * decay_lora(const GraphBuilder & b, const LayerV6 & l, int il, ggml_tensor * wx) {
-    ggml_tensor * h = b.matmul(l.decay_w1, wx, "att_decay_w1", il);
-    ggml_tensor * a = b.name(ggml_tanh(b.ctx, h), "att_decay_tanh", il);
+// The products of the mixed inputs [D, T, 5] (w, k, v, r, g blocks): r, k,
+// v, g's product and tanh(wx @ td_w1), one packed_products node when every
+// matrix is packed, else a node each.
+void projections(const GraphBuilder & b, const LayerV6 & l, int il, ggml_tensor * mixed, ggml_tensor ** out) {
+    ggml_tensor * const w[] = {l.att.r, l.att.k, l.att.v, l.att.g, l.decay_w1};
+    static const int block[] = {3, 1, 2, 4, 0};
+    static const char * const x_names[] = {"att_rx", "att_kx", "att_vx", "att_gx", "att_wx"};
+    static const char * const names[] = {"att_r", "att_k", "att_v", "att_g", "att_decay_tanh"};
+    PackedProduct products[5] = {};
+    bool packed = true;
+    for (int i = 0; i < 5; ++i) {
+        products[i] = {b.model.packed(w[i]), b.block(mixed, block[i], x_names[i], il),
+                       i == 4 ? PackedAct::TANH : PackedAct::NONE};
+        packed = packed && products[i].w != nullptr;
+    }
+    if (packed) {
+        b.products_node(products, 5, "att_proj", names, out, il);
+        return;
+    }
+    for (int i = 0; i < 4; ++i) out[i] = b.matmul(w[i], products[i].x, names[i], il);
+    out[4] = b.name(ggml_tanh(b.ctx, b.matmul(l.decay_w1, products[4].x, "att_decay_w1", il)), "att_decay_tanh", il);
+}
+
+// w = t_decay + tanh(wx @ td_w1) @ td_w2   (exp(-exp(w)) is taken in wkv5);
+// a = tanh(wx @ td_w1)
+ggml_tensor * decay_lora(const GraphBuilder & b, const LayerV6 & l, ggml_tensor * a, int il) {
     ggml_tensor * lora = b.matmul(l.decay_w2, a, "att_decay_lora", il);
     return b.name(ggml_add(b.ctx, lora, l.decay), "att_decay", il);
 }
@@ -52,12 +74,11 @@ ggml_tensor * time_mixing(const GraphBuilder & b, const LayerV6 & l, int il, ggm
     const Shifted s = b.norm_shift(x, {l.att.ln1_w, l.att.ln1_b}, b.model.wkv_state_offset(il, WKV_ATT_XX), "att", il);
     ggml_tensor * mixed = data_dependent_mix(b, l, il, s);  // wx, kx, vx, rx, gx
     // r = rx @ rw; k = kx @ kw; v = vx @ vw; g = F.silu(gx @ gw)
-    ggml_tensor * r = b.matmul(l.att.r, b.block(mixed, 3, "att_rx", il), "att_r", il);
-    ggml_tensor * k = b.matmul(l.att.k, b.block(mixed, 1, "att_kx", il), "att_k", il);
-    ggml_tensor * v = b.matmul(l.att.v, b.block(mixed, 2, "att_vx", il), "att_v", il);
-    ggml_tensor * g =
-        b.name(ggml_silu(b.ctx, b.matmul(l.att.g, b.block(mixed, 4, "att_gx", il), "att_g", il)), "att_g_silu", il);
-    ggml_tensor * w = decay_lora(b, l, il, b.block(mixed, 0, "att_wx", il));
+    ggml_tensor * p[5] = {};  // r, k, v, gx @ gw, tanh(wx @ td_w1)
+    projections(b, l, il, mixed, p);
+    ggml_tensor *r = p[0], *k = p[1], *v = p[2];
+    ggml_tensor * g = b.name(ggml_silu(b.ctx, p[3]), "att_g_silu", il);
+    ggml_tensor * w = decay_lora(b, l, p[4], il);
     // out = GroupNorm(r @ (u * k @ v + s)); s = k @ v + w * s
     const size_t s_off = b.model.wkv_state_offset(il, WKV_ATT_STATE);
     ggml_tensor * state = b.state_in(s_off, int64_t(hp.n_embed) * hp.head_size, "wkv_state", il);

@@ -36,26 +36,6 @@ struct Mixed {
     ggml_tensor *r, *w, *k, *v, *a, *g;
 };
 
-// Names the input nodes packed_products made for product x (a contiguous
-// copy, a quantization), each the first source of the next, as
-// GraphBuilder::matmul does for one product.
-void name_product_inputs(const GraphBuilder & b, ggml_tensor * node, int i, ggml_tensor * x, const std::string & what,
-                         int il) {
-    for (ggml_tensor * s = node->src[i]; s != x; s = s->src[0]) {
-        b.name(s, what + (s->type == GGML_TYPE_I8 ? "_q8" : "_cont"), il);
-    }
-}
-
-// One packed_products node "node.il" of n products, its blocks named what[i].
-void fused_products(const GraphBuilder & b, const PackedProduct * p, int n, const char * node,
-                    const char * const * what, ggml_tensor ** out, int il) {
-    ggml_tensor * y = b.name(packed_products(b.ctx, p, n, out), node, il);
-    for (int i = 0; i < n; ++i) {
-        name_product_inputs(b, y, i, p[i].x, what[i], il);
-        b.name(out[i], what[i], il);
-    }
-}
-
 // Every matrix of the projections packed: two nodes, the seven products
 // of the mixed inputs (activations included), then the four LoRA up
 // projections of their hidden activations.
@@ -69,12 +49,12 @@ Projections fused_projections(const GraphBuilder & b, const LayerV7 & l, int il,
     static const char * const down_names[] = {"att_r", "att_k", "att_v", "att_w_lora_act", "att_a_lora_h",
                                               "att_g_act", "att_v_lora_h"};
     ggml_tensor * h[7] = {};
-    fused_products(b, down, n, "att_proj", down_names, h, il);
+    b.products_node(down, n, "att_proj", down_names, h, il);
     const PackedProduct up[] = {{m.packed(l.w2), h[3], PackedAct::NONE}, {m.packed(l.a2), h[4], PackedAct::NONE},
                                 {m.packed(l.g2), h[5], PackedAct::NONE}, {m.packed(l.v2), h[6], PackedAct::NONE}};
     static const char * const up_names[] = {"att_w_lora", "att_a_lora", "att_g", "att_v_lora"};
     ggml_tensor * lo[4] = {};
-    fused_products(b, up, n - 3, "att_lora", up_names, lo, il);
+    b.products_node(up, n - 3, "att_lora", up_names, lo, il);
     return {h[0], h[1], h[2], lo[0], lo[1], lo[2], lo[3]};
 }
 
@@ -147,7 +127,7 @@ ggml_tensor * channel_mixing(const GraphBuilder & b, const LayerV7 & l, int il, 
     if (const PackedMatrix * packed_k = b.model.packed(l.ffn_k)) {  // the square in the product's node
         static const char * const k_name[] = {"ffn_k_sq"};
         const PackedProduct product = {packed_k, kx, PackedAct::RELU_SQ};
-        fused_products(b, &product, 1, "ffn_k", k_name, &k, il);
+        b.products_node(&product, 1, "ffn_k", k_name, &k, il);
     } else {
         k = b.name(relu_sq(b.ctx, b.matmul(l.ffn_k, kx, "ffn_k", il)), "ffn_k_sq", il);
     }

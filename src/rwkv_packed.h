@@ -148,7 +148,8 @@ constexpr int PACKED_PRODUCTS_MAX = 8;
 
 // Graph node: y_i = act_i(W_i @ x_i) for n products over the same T tokens
 // (RWKV-7: r, k, v and the LoRA down projections, each from its own mixed
-// input), so that one barrier follows all of them instead of one each.  The
+// input; RWKV-5/6: r, k, v, g and the decay LoRA; channel mixing: k and r),
+// so that one barrier follows all of them instead of one each.  The
 // threads split the row groups of all products by their bytes.  Returns the
 // node (f32, product i's [rows_i, T] block contiguous at element
 // sum_{j<i} rows_j * T) and sets blocks[i] to a view of block i.  Quantized
