@@ -55,6 +55,18 @@ void GraphBuilder::products_node(const PackedProduct * p, int n, const char * no
     }
 }
 
+bool GraphBuilder::products_if_packed(ggml_tensor * const * w, ggml_tensor * const * x, const PackedAct * act, int n,
+                                      const char * node, const char * const * what, ggml_tensor ** out,
+                                      int il) const {
+    PackedProduct products[PACKED_PRODUCTS_MAX] = {};
+    for (int i = 0; i < n; ++i) {
+        products[i] = {model.packed(w[i]), x[i], act != nullptr ? act[i] : PackedAct::NONE};
+        if (products[i].w == nullptr) return false;
+    }
+    products_node(products, n, node, what, out, il);
+    return true;
+}
+
 ggml_tensor * GraphBuilder::layer_norm(ggml_tensor * x, NormWeights ln, const std::string & what, int il) const {
     ggml_tensor * standard = name(ggml_norm(ctx, x, hp.ln_eps), what + "_std", il);
     return name(ggml_add(ctx, name(ggml_mul(ctx, standard, ln.w), what + "_scaled", il), ln.b), what, il);
@@ -149,21 +161,17 @@ ggml_tensor * GraphBuilder::channel_mix_rkv(ggml_tensor * x, const FfnRKV & f, N
     }
     // vx = relu(kx @ kw) ** 2; x + sigmoid(rx @ rw) * (vx @ vw)   (fused ops;
     // with both matrices packed, the two products and the square are one node)
-    ggml_tensor * vx;
-    ggml_tensor * r;
-    const PackedMatrix * packed_k = model.packed(f.k);
-    const PackedMatrix * packed_r = model.packed(f.r);
-    if (packed_k != nullptr && packed_r != nullptr) {
-        const PackedProduct products[] = {{packed_k, kx, PackedAct::RELU_SQ}, {packed_r, rx, PackedAct::NONE}};
-        static const char * const what[] = {"ffn_k_sq", "ffn_r"};
-        ggml_tensor * out[2] = {};
-        products_node(products, 2, "ffn_k", what, out, il);
-        vx = out[0];
-        r = out[1];
-    } else {
-        vx = name(relu_sq(ctx, matmul(f.k, kx, "ffn_k", il)), "ffn_k_sq", il);
-        r = matmul(f.r, rx, "ffn_r", il);
+    ggml_tensor * const w[] = {f.k, f.r};
+    ggml_tensor * const in[] = {kx, rx};
+    static const PackedAct act[] = {PackedAct::RELU_SQ, PackedAct::NONE};
+    static const char * const what[] = {"ffn_k_sq", "ffn_r"};
+    ggml_tensor * out[2] = {};
+    if (!products_if_packed(w, in, act, 2, "ffn_k", what, out, il)) {
+        out[0] = name(relu_sq(ctx, matmul(f.k, kx, "ffn_k", il)), "ffn_k_sq", il);
+        out[1] = matmul(f.r, rx, "ffn_r", il);
     }
+    ggml_tensor * vx = out[0];
+    ggml_tensor * r = out[1];
     return name(gated_residual(ctx, x, r, matmul(f.v, vx, "ffn_v", il)), "ffn_res", il);
 }
 

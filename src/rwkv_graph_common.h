@@ -72,6 +72,12 @@ public:
     void products_node(const PackedProduct * p, int n, const char * node, const char * const * what,
                        ggml_tensor ** out, int il) const;
 
+    // products_node for act[i](w[i] @ x[i]) (act null: none) when the model
+    // packed every w[i], and true; else it builds nothing and returns false,
+    // and the caller builds a node per product.
+    bool products_if_packed(ggml_tensor * const * w, ggml_tensor * const * x, const PackedAct * act, int n,
+                            const char * node, const char * const * what, ggml_tensor ** out, int il) const;
+
     // F.layer_norm(x, (D,), weight=ln.w, bias=ln.b, eps), per column of x [D, T]
     ggml_tensor * layer_norm(ggml_tensor * x, NormWeights ln, const std::string & what, int il) const;
 

@@ -24,17 +24,11 @@ void projections(const GraphBuilder & b, const LayerV5 & l, int il, ggml_tensor 
     static const int block[] = {2, 0, 1, 3};
     static const char * const x_names[] = {"att_rx", "att_kx", "att_vx", "att_gx"};
     static const char * const names[] = {"att_r", "att_k", "att_v", "att_g"};
-    PackedProduct products[4] = {};
-    bool packed = true;
-    for (int i = 0; i < n; ++i) {
-        products[i] = {b.model.packed(w[i]), b.block(mixed, block[i], x_names[i], il), PackedAct::NONE};
-        packed = packed && products[i].w != nullptr;
+    ggml_tensor * x[4] = {};
+    for (int i = 0; i < n; ++i) x[i] = b.block(mixed, block[i], x_names[i], il);
+    if (!b.products_if_packed(w, x, nullptr, n, "att_proj", names, rkvg, il)) {
+        for (int i = 0; i < n; ++i) rkvg[i] = b.matmul(w[i], x[i], names[i], il);
     }
-    if (packed) {
-        b.products_node(products, n, "att_proj", names, rkvg, il);
-        return;
-    }
-    for (int i = 0; i < n; ++i) rkvg[i] = b.matmul(w[i], products[i].x, names[i], il);
 }
 
 // Time mixing of layer il; returns x + att(x).

@@ -46,19 +46,13 @@ void projections(const GraphBuilder & b, const LayerV6 & l, int il, ggml_tensor 
     static const int block[] = {3, 1, 2, 4, 0};
     static const char * const x_names[] = {"att_rx", "att_kx", "att_vx", "att_gx", "att_wx"};
     static const char * const names[] = {"att_r", "att_k", "att_v", "att_g", "att_decay_tanh"};
-    PackedProduct products[5] = {};
-    bool packed = true;
-    for (int i = 0; i < 5; ++i) {
-        products[i] = {b.model.packed(w[i]), b.block(mixed, block[i], x_names[i], il),
-                       i == 4 ? PackedAct::TANH : PackedAct::NONE};
-        packed = packed && products[i].w != nullptr;
-    }
-    if (packed) {
-        b.products_node(products, 5, "att_proj", names, out, il);
-        return;
-    }
-    for (int i = 0; i < 4; ++i) out[i] = b.matmul(w[i], products[i].x, names[i], il);
-    out[4] = b.name(ggml_tanh(b.ctx, b.matmul(l.decay_w1, products[4].x, "att_decay_w1", il)), "att_decay_tanh", il);
+    static const PackedAct act[] = {PackedAct::NONE, PackedAct::NONE, PackedAct::NONE, PackedAct::NONE,
+                                    PackedAct::TANH};
+    ggml_tensor * x[5] = {};
+    for (int i = 0; i < 5; ++i) x[i] = b.block(mixed, block[i], x_names[i], il);
+    if (b.products_if_packed(w, x, act, 5, "att_proj", names, out, il)) return;
+    for (int i = 0; i < 4; ++i) out[i] = b.matmul(w[i], x[i], names[i], il);
+    out[4] = b.name(ggml_tanh(b.ctx, b.matmul(l.decay_w1, x[4], "att_decay_w1", il)), "att_decay_tanh", il);
 }
 
 // w = t_decay + tanh(wx @ td_w1) @ td_w2   (exp(-exp(w)) is taken in wkv5);

@@ -124,11 +124,9 @@ ggml_tensor * channel_mixing(const GraphBuilder & b, const LayerV7 & l, int il, 
     const Shifted s = b.norm_shift(x, {l.att.ln2_w, l.att.ln2_b}, b.model.wkv_state_offset(il, WKV_FFN_XX), "ffn", il);
     ggml_tensor * kx = b.name(shift_mix(b.ctx, s.xx, s.x_prev, b.io.seqs, &l.ffn_x_k, 1, MixForm::AddDelta), "ffn_kx", il);
     ggml_tensor * k = nullptr;
-    if (const PackedMatrix * packed_k = b.model.packed(l.ffn_k)) {  // the square in the product's node
-        static const char * const k_name[] = {"ffn_k_sq"};
-        const PackedProduct product = {packed_k, kx, PackedAct::RELU_SQ};
-        b.products_node(&product, 1, "ffn_k", k_name, &k, il);
-    } else {
+    static const PackedAct square[] = {PackedAct::RELU_SQ};  // the square in the product's node
+    static const char * const k_name[] = {"ffn_k_sq"};
+    if (!b.products_if_packed(&l.ffn_k, &kx, square, 1, "ffn_k", k_name, &k, il)) {
         k = b.name(relu_sq(b.ctx, b.matmul(l.ffn_k, kx, "ffn_k", il)), "ffn_k_sq", il);
     }
     return b.name(ggml_add(b.ctx, x, b.matmul(l.ffn_v, k, "ffn_v", il)), "ffn_res", il);
