@@ -152,4 +152,8 @@ ggml_tensor * relu_sq(ggml_context * ctx, ggml_tensor * x);
 // x + torch.sigmoid(r) * v   (all of one shape)
 ggml_tensor * gated_residual(ggml_context * ctx, ggml_tensor * x, ggml_tensor * r, ggml_tensor * v);
 
+// y[i] = e^x[i] for i < n by ops::exp_poly, compiled as the kernels that
+// inline it are (RWKV_OPS_CLONES): the tests' window on its accuracy.
+void exp_poly_array(const float * x, float * y, int64_t n);
+
 }  // namespace rwkv

@@ -1,4 +1,4 @@
-// Element-wise ops (rwkv_ops.h): relu_sq, gated_residual.
+// Element-wise ops (rwkv_ops.h): relu_sq, gated_residual, exp_poly_array.
 #include "rwkv_ops.h"
 #include "rwkv_ops_util.h"
 
@@ -49,6 +49,12 @@ ggml_tensor * gated_residual(ggml_context * ctx, ggml_tensor * x, ggml_tensor * 
     ggml_tensor * args[] = {x, r, v};
     return ggml_custom_4d(ctx, GGML_TYPE_F32, x->ne[0], x->ne[1], x->ne[2], x->ne[3], args, 3,
                           gated_residual_compute, GGML_N_TASKS_MAX, nullptr);
+}
+
+RWKV_OPS_CLONES void exp_poly_array(const float * x, float * y, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+        y[i] = ops::exp_poly(x[i]);
+    }
 }
 
 }  // namespace rwkv

@@ -407,4 +407,10 @@ double rwkv_testing_top_p_cutoff(const double * probs, int64_t n, double top_p, 
     return sorted ? top_p_cutoff_sorted(probs, n, top_p) : top_p_cutoff(probs, n, top_p, scratch);
 }
 
+void rwkv_testing_exp_poly(const float * x, float * y, int64_t n) {
+    if (x != nullptr && y != nullptr && n > 0) {
+        rwkv::exp_poly_array(x, y, n);
+    }
+}
+
 }  // extern "C"

@@ -126,6 +126,10 @@ RWKV_API uint64_t rwkv_testing_batch_graphs_built(const char * path, uint32_t ma
  * the one of the definition (a full sort).  NaN on failure. */
 RWKV_API double rwkv_testing_top_p_cutoff(const double * probs, int64_t n, double top_p, int sorted);
 
+/* y[i] = e^x[i] for i < n by the vectorisable exp of the kernels
+ * (ops::exp_poly, at this CPU's instruction set). */
+RWKV_API void rwkv_testing_exp_poly(const float * x, float * y, int64_t n);
+
 /* RWKV_CDEF_END */
 
 #ifdef __cplusplus

@@ -63,4 +63,6 @@ uint64_t rwkv_testing_batch_graphs_built(const char * path, uint32_t max_chunk_t
                                                   const uint32_t * lengths);
 
 double rwkv_testing_top_p_cutoff(const double * probs, int64_t n, double top_p, int sorted);
+
+void rwkv_testing_exp_poly(const float * x, float * y, int64_t n);
 """
