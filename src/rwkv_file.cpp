@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -16,6 +17,7 @@
 #    ifndef WIN32_LEAN_AND_MEAN
 #        define WIN32_LEAN_AND_MEAN
 #    endif
+#    include <io.h>
 #    include <windows.h>
 #else
 #    include <fcntl.h>
@@ -29,6 +31,25 @@ namespace rwkv {
 namespace {
 
 constexpr size_t BUFFER_ALIGNMENT = 64;  // >= ggml's tensor alignment (32)
+
+// Flushes a stream's written data to the disk (fsync; _commit on Windows).
+bool sync_to_disk(FILE * f) {
+#ifdef _WIN32
+    return _commit(_fileno(f)) == 0;
+#else
+    return fsync(fileno(f)) == 0;
+#endif
+}
+
+// Moves `from` onto `to`, replacing `to` if it exists (Windows' rename
+// refuses an existing target; MoveFileEx replaces it).
+bool replace_file(const std::string & from, const std::string & to) {
+#ifdef _WIN32
+    return MoveFileExA(from.c_str(), to.c_str(), MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH) != 0;
+#else
+    return std::rename(from.c_str(), to.c_str()) == 0;
+#endif
+}
 
 // The operating system's side of reading a model file, one implementation
 // per platform: open read-only (refusing what is not a regular file), the
@@ -353,6 +374,49 @@ const uint8_t * GgufFile::tensor_data(const ggml_tensor * tensor) const {
              static_cast<unsigned long long>(begin), file_->size());
     }
     return file_->data() + begin;
+}
+
+
+OutputFile::OutputFile(const std::string & path, const std::string & tmp_suffix)
+    : path_(path), tmp_(path + tmp_suffix) {
+    f_ = std::fopen(tmp_.c_str(), "wb");
+    if (f_ == nullptr) {
+        fail(RWKV_STATUS_ERROR_IO, "cannot create '%s': %s", tmp_.c_str(), std::strerror(errno));
+    }
+}
+
+OutputFile::~OutputFile() {
+    if (f_ != nullptr) {
+        std::fclose(f_);
+        std::remove(tmp_.c_str());
+    }
+}
+
+void OutputFile::write(const void * data, size_t n) {
+    if (n != 0 && std::fwrite(data, 1, n, f_) != n) {
+        fail(RWKV_STATUS_ERROR_IO, "cannot write '%s': %s", tmp_.c_str(), std::strerror(errno));
+    }
+    written_ += n;
+}
+
+void OutputFile::pad_to(size_t alignment) {
+    static const char zeros[64] = {0};
+    size_t n = (alignment - written_ % alignment) % alignment;
+    while (n > 0) {
+        const size_t k = std::min(n, sizeof zeros);
+        write(zeros, k);
+        n -= k;
+    }
+}
+
+void OutputFile::commit() {
+    const bool ok = std::fflush(f_) == 0 && sync_to_disk(f_);
+    const bool closed = std::fclose(f_) == 0;
+    f_ = nullptr;
+    if (!ok || !closed || !replace_file(tmp_, path_)) {
+        std::remove(tmp_.c_str());
+        fail(RWKV_STATUS_ERROR_IO, "cannot write '%s': %s", path_.c_str(), std::strerror(errno));
+    }
 }
 
 }  // namespace rwkv

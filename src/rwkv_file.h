@@ -6,6 +6,7 @@
 #include "rwkv_common.h"
 
 #include <cstddef>
+#include <cstdio>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -36,6 +37,28 @@ private:
     uint8_t * data_ = nullptr;
     size_t size_ = 0;
     bool mapped_ = false;
+};
+
+// A file written under a temporary name (path + tmp_suffix) and renamed
+// onto path by commit() (flushed to the disk first), so that path never
+// holds a partial file; removed unless committed.  Failures throw IO errors.
+class OutputFile {
+public:
+    explicit OutputFile(const std::string & path, const std::string & tmp_suffix = ".tmp");
+    ~OutputFile();
+    OutputFile(const OutputFile &) = delete;
+    OutputFile & operator=(const OutputFile &) = delete;
+
+    void write(const void * data, size_t n);
+    // Zero bytes up to the next multiple of alignment.
+    void pad_to(size_t alignment);
+    void commit();
+    size_t written() const { return written_; }
+
+private:
+    std::string path_, tmp_;
+    FILE * f_ = nullptr;
+    size_t written_ = 0;
 };
 
 // A parsed GGUF file: metadata, tensor descriptions (in a no-alloc ggml

@@ -3,6 +3,7 @@
 // away, so peak memory stays near one chunk, not the model size.
 #include "rwkv_quantize.h"
 
+#include "rwkv_file.h"
 #include "rwkv_model.h"
 
 #include "ggml.h"
@@ -17,41 +18,9 @@
 #include <thread>
 #include <vector>
 
-#ifdef _WIN32
-#    ifndef NOMINMAX
-#        define NOMINMAX
-#    endif
-#    ifndef WIN32_LEAN_AND_MEAN
-#        define WIN32_LEAN_AND_MEAN
-#    endif
-#    include <io.h>
-#    include <windows.h>
-#else
-#    include <unistd.h>
-#endif
-
 namespace rwkv {
 
 namespace {
-
-// Flushes a stream's written data to the disk (fsync; _commit on Windows).
-bool sync_to_disk(FILE * f) {
-#ifdef _WIN32
-    return _commit(_fileno(f)) == 0;
-#else
-    return fsync(fileno(f)) == 0;
-#endif
-}
-
-// Moves `from` onto `to`, replacing `to` if it exists (Windows' rename
-// refuses an existing target; MoveFileEx replaces it).
-bool replace_file(const std::string & from, const std::string & to) {
-#ifdef _WIN32
-    return MoveFileExA(from.c_str(), to.c_str(), MOVEFILE_REPLACE_EXISTING | MOVEFILE_WRITE_THROUGH) != 0;
-#else
-    return std::rename(from.c_str(), to.c_str()) == 0;
-#endif
-}
 
 constexpr size_t CHUNK_FLOATS = size_t(4) << 20;  // rows converted at a time: about 16 MiB of f32
 
@@ -67,53 +36,6 @@ ggml_type ggml_type_of(rwkv_type t) {
     }
     fail(RWKV_STATUS_ERROR_INVALID_ARGUMENT, "unknown target type %d", static_cast<int>(t));
 }
-
-// A FILE that is removed unless committed (renamed onto its final path).
-class OutputFile {
-public:
-    explicit OutputFile(const std::string & path) : path_(path), tmp_(path + ".tmp") {
-        f_ = std::fopen(tmp_.c_str(), "wb");
-        if (f_ == nullptr) {
-            fail(RWKV_STATUS_ERROR_IO, "cannot create '%s': %s", tmp_.c_str(), std::strerror(errno));
-        }
-    }
-    ~OutputFile() {
-        if (f_ != nullptr) {
-            std::fclose(f_);
-            std::remove(tmp_.c_str());
-        }
-    }
-    void write(const void * data, size_t n) {
-        if (n != 0 && std::fwrite(data, 1, n, f_) != n) {
-            fail(RWKV_STATUS_ERROR_IO, "cannot write '%s': %s", tmp_.c_str(), std::strerror(errno));
-        }
-        written_ += n;
-    }
-    void pad_to(size_t alignment) {
-        static const char zeros[64] = {0};
-        size_t n = (alignment - written_ % alignment) % alignment;
-        while (n > 0) {
-            const size_t k = std::min(n, sizeof zeros);
-            write(zeros, k);
-            n -= k;
-        }
-    }
-    void commit() {
-        const bool ok = std::fflush(f_) == 0 && sync_to_disk(f_);
-        const bool closed = std::fclose(f_) == 0;
-        f_ = nullptr;
-        if (!ok || !closed || !replace_file(tmp_, path_)) {
-            std::remove(tmp_.c_str());
-            fail(RWKV_STATUS_ERROR_IO, "cannot write '%s': %s", path_.c_str(), std::strerror(errno));
-        }
-    }
-    size_t written() const { return written_; }
-
-private:
-    std::string path_, tmp_;
-    FILE * f_ = nullptr;
-    size_t written_ = 0;
-};
 
 // Runs fn(row_begin, row_end) over [0, n_rows) split across n_threads.
 template <typename Fn>
