@@ -97,6 +97,13 @@ struct rwkv_model_params {
      * below it that it has (rwkv_model_packed_kernels_name says which runs);
      * a value outside the enum fails with RWKV_STATUS_ERROR_INVALID_ARGUMENT. */
     enum rwkv_packed_isa packed_isa;
+    /* A packed-weight cache file (NULL: none; ignored without repack): when
+     * it holds this model file's packed matrices, they are mapped from it
+     * instead of packed (a faster load: no fresh memory to fill); otherwise
+     * the load packs them and writes it (atomically; a failure to write is
+     * logged as a warning).  It is made for one model file: a changed file
+     * (size, modification time, first MiB) or library layout rewrites it. */
+    const char * packed_cache;
     rwkv_log_callback log_callback; /* NULL: the library stays silent                    */
     void * log_user_data;
 };

@@ -55,6 +55,7 @@ rwkv_model_params default_model_params() {
     p.use_mmap = true;
     p.repack = true;
     p.packed_isa = RWKV_PACKED_ISA_AUTO;
+    p.packed_cache = nullptr;
     p.log_callback = nullptr;
     p.log_user_data = nullptr;
     return p;

@@ -274,7 +274,7 @@ std::unique_ptr<Model> Model::load(const std::string & path, const rwkv_model_pa
     m->map_weights();
     const PackedIsa isa = packed_kernels_for(c_enum_value(params.packed_isa));
     if (params.repack && isa != PackedIsa::NONE) {
-        m->pack_weights(isa);
+        m->pack_weights(isa, params.packed_cache != nullptr ? params.packed_cache : "", path);
     }
     m->log_.log(RWKV_LOG_LEVEL_INFO, "loaded '%s': RWKV-%s, n_vocab %u, n_embed %u, n_layer %u, %s",
                 path.c_str(), m->hp_.version.c_str(), m->hp_.n_vocab, m->hp_.n_embed, m->hp_.n_layer,
@@ -532,17 +532,17 @@ void Model::map_weights() {
 
 // The matrices that go through matrix products (not the embedding; the
 // LoRA matrices too: ggml's products of these small matrices cost RWKV-7
-// about a tenth of its prefill), packed on all CPUs into one buffer; their mapped
-// pages are dropped as packing goes, so resident memory stays about the
-// file size.
-void Model::pack_weights(PackedIsa isa) {
+// about a tenth of its prefill), packed on all CPUs into one buffer (their
+// mapped pages are dropped as packing goes, so resident memory stays about
+// the file size), or mapped from a packed-weight cache made by an earlier
+// load.  A cache that cannot be written costs a warning, not the load.
+void Model::pack_weights(PackedIsa isa, const std::string & cache_path, const std::string & model_path) {
     const auto t_start = std::chrono::steady_clock::now();
     std::vector<ggml_tensor *> todo;
     for (const TensorEntry & e : entries_) {
         const ggml_tensor * t = e.tensor;
         const bool product = e.role == TensorRole::MATRIX || e.role == TensorRole::HEAD || e.role == TensorRole::LOW_RANK;
-        if (product && ggml_n_dims(t) == 2 &&
-            packable(t->type, t->ne[0])) {
+        if (product && ggml_n_dims(t) == 2 && packable(t->type, t->ne[0])) {
             todo.push_back(e.tensor);
         }
     }
@@ -551,10 +551,50 @@ void Model::pack_weights(PackedIsa isa) {
     }
     // One buffer for all, carved in 64-byte aligned pieces.
     std::vector<size_t> offsets(todo.size() + 1, 0);
+    PackedLayoutHash layout;
     for (size_t i = 0; i < todo.size(); ++i) {
         const ggml_tensor * t = todo[i];
+        layout.add(ggml_get_name(t), t->type, t->ne[1], t->ne[0], offsets[i]);
         offsets[i + 1] = offsets[i] + PackedMatrix::packed_bytes(t->type, t->ne[1], t->ne[0]);
     }
+    PackedCacheKey key;
+    const char * how = "packed";
+    if (!cache_path.empty()) {
+        key = packed_cache_key(model_path, file_->file(), layout.value(), offsets.back());
+        std::string why;
+        packed_cache_ = PackedCache::open(cache_path, key, why);
+        if (packed_cache_ == nullptr) {
+            log_.log(RWKV_LOG_LEVEL_INFO, "packed-weight cache '%s' not used (%s): packing", cache_path.c_str(),
+                     why.c_str());
+        }
+    }
+    if (packed_cache_ != nullptr) {
+        for (size_t i = 0; i < todo.size(); ++i) {
+            const ggml_tensor * t = todo[i];
+            packed_.emplace(todo[i],
+                            PackedMatrix::adopt(t->type, t->ne[1], t->ne[0], packed_cache_->data() + offsets[i], isa));
+        }
+        how = "mapped from the cache";
+    } else {
+        pack_into_buffer(todo, offsets, isa);
+    }
+    packed_isa_ = isa;
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    log_.log(RWKV_LOG_LEVEL_INFO, "%s %zu matrices (%.1f MiB) for the %s kernels in %.3f s", how, todo.size(),
+             offsets.back() / 1048576.0, packed_isa_name(isa), seconds);
+    if (!cache_path.empty() && packed_cache_ == nullptr) {
+        try {
+            write_packed_cache(cache_path, key, packed_memory_.get());
+            log_.log(RWKV_LOG_LEVEL_INFO, "wrote the packed-weight cache '%s'", cache_path.c_str());
+        } catch (const Error & e) {
+            log_.log(RWKV_LOG_LEVEL_WARN, "cannot write the packed-weight cache: %s", e.what());
+        }
+    }
+}
+
+// Packs todo[i] at offsets[i] of one new buffer, on up to 8 threads.
+void Model::pack_into_buffer(const std::vector<ggml_tensor *> & todo, const std::vector<size_t> & offsets,
+                             PackedIsa isa) {
     packed_memory_ = allocate_packed(offsets.back());
     if (!packed_memory_) {
         fail(RWKV_STATUS_ERROR_ALLOC, "cannot allocate %zu bytes for the packed weights", offsets.back());
@@ -597,10 +637,6 @@ void Model::pack_weights(PackedIsa isa) {
     for (size_t i = 0; i < todo.size(); ++i) {
         packed_.emplace(todo[i], std::move(done[i]));
     }
-    packed_isa_ = isa;
-    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
-    log_.log(RWKV_LOG_LEVEL_INFO, "packed %zu matrices (%.1f MiB) for the %s kernels in %.3f s", todo.size(),
-             offsets.back() / 1048576.0, packed_isa_name(isa), seconds);
 }
 
 size_t Model::packed_bytes() const {

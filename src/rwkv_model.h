@@ -5,6 +5,7 @@
 #include "rwkv_common.h"
 #include "rwkv_file.h"
 #include "rwkv_packed.h"
+#include "rwkv_packed_cache.h"
 
 #include <memory>
 #include <string>
@@ -200,7 +201,10 @@ private:
     void bind_tensors_v6();
     void bind_tensors_v7();
     void map_weights();
-    void pack_weights(PackedIsa isa);
+    // cache_path: a packed-weight cache to map, or to write after packing
+    // (empty: none); model_path: the file loaded.
+    void pack_weights(PackedIsa isa, const std::string & cache_path, const std::string & model_path);
+    void pack_into_buffer(const std::vector<ggml_tensor *> & todo, const std::vector<size_t> & offsets, PackedIsa isa);
 
     HParams hp_;
     Logger log_;
@@ -209,6 +213,7 @@ private:
     ggml_backend_buffer * weights_ = nullptr;
     std::unordered_map<const ggml_tensor *, std::unique_ptr<PackedMatrix>> packed_;
     PackedBuffer packed_memory_;  // one buffer for every packed matrix
+    std::unique_ptr<PackedCache> packed_cache_;  // or their cache, mapped
     PackedIsa packed_isa_ = PackedIsa::NONE;
 };
 

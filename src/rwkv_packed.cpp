@@ -262,23 +262,35 @@ size_t PackedMatrix::packed_bytes(ggml_type type, int64_t n_rows, int64_t n_cols
     return checked_mul(groups, group_layout(type, n_cols, lay), "packed matrix size");
 }
 
-PackedMatrix::PackedMatrix(ggml_type type, int64_t n_rows, int64_t n_cols, const void * data, uint8_t * storage,
-                           const Release & release, PackedIsa kernels)
+PackedMatrix::PackedMatrix(ggml_type type, int64_t n_rows, int64_t n_cols, PackedIsa kernels)
     : type_(type), kernels_(kernels), n_rows_(n_rows), n_cols_(n_cols), n_groups_((n_rows + PACK_ROWS - 1) / PACK_ROWS) {
     if (!packable(type, n_cols) || n_rows <= 0) {
         fail(RWKV_STATUS_ERROR_UNSUPPORTED, "cannot pack a %s matrix of %lld columns", ggml_type_name(type),
              static_cast<long long>(n_cols));
     }
     group_bytes_ = group_layout(type, n_cols, lay_);
-    base_ = storage;
-    if (base_ == nullptr) {
+}
+
+std::unique_ptr<PackedMatrix> PackedMatrix::adopt(ggml_type type, int64_t n_rows, int64_t n_cols,
+                                                  const uint8_t * packed, PackedIsa kernels) {
+    std::unique_ptr<PackedMatrix> m(new PackedMatrix(type, n_rows, n_cols, kernels));
+    m->base_ = packed;
+    return m;
+}
+
+PackedMatrix::PackedMatrix(ggml_type type, int64_t n_rows, int64_t n_cols, const void * data, uint8_t * storage,
+                           const Release & release, PackedIsa kernels)
+    : PackedMatrix(type, n_rows, n_cols, kernels) {
+    uint8_t * out = storage;
+    if (out == nullptr) {
         const size_t total = packed_bytes(type, n_rows, n_cols);
         owned_ = allocate_packed(total);
-        base_ = owned_.get();
-        if (base_ == nullptr) {
+        out = owned_.get();
+        if (out == nullptr) {
             fail(RWKV_STATUS_ERROR_ALLOC, "cannot allocate %zu bytes for a packed matrix", total);
         }
     }
+    base_ = out;
     const int64_t nb = n_cols / PACK_BLOCK;
     const uint8_t * src = static_cast<const uint8_t *>(data);
     const size_t row_bytes = ggml_row_size(type, n_cols);
@@ -286,7 +298,7 @@ PackedMatrix::PackedMatrix(ggml_type type, int64_t n_rows, int64_t n_cols, const
         const uint8_t * rows[PACK_ROWS];
         const int n_valid = static_cast<int>(std::min<int64_t>(PACK_ROWS, n_rows - g * PACK_ROWS));
         for (int rr = 0; rr < PACK_ROWS; ++rr) rows[rr] = rr < n_valid ? src + (g * PACK_ROWS + rr) * row_bytes : nullptr;
-        uint8_t * grp = base_ + g * group_bytes_;
+        uint8_t * grp = out + g * group_bytes_;
         std::memset(grp, 0, group_bytes_);  // padding rows: zero weights and scales
         if (type == GGML_TYPE_F16) {
             pack_f16_group(rows, n_valid, n_cols, grp);

@@ -81,6 +81,12 @@ public:
     PackedMatrix(ggml_type type, int64_t n_rows, int64_t n_cols, const void * data, uint8_t * storage = nullptr,
                  const Release & release = {}, PackedIsa kernels = PackedIsa::NONE);
 
+    // A matrix whose packed form already exists: packed_bytes(type, n_rows,
+    // n_cols) bytes at packed (64-byte aligned; a packed-weight cache file,
+    // rwkv_packed_cache.h), read in place and outliving this object.
+    static std::unique_ptr<PackedMatrix> adopt(ggml_type type, int64_t n_rows, int64_t n_cols,
+                                               const uint8_t * packed, PackedIsa kernels);
+
     ggml_type type() const { return type_; }
     PackedIsa kernels() const { return kernels_; }
     int64_t rows() const { return n_rows_; }
@@ -107,13 +113,16 @@ public:
     const uint8_t * group(int64_t g) const { return base_ + g * group_bytes_; }
 
 private:
+    // The checked shape and layout, nothing packed yet.
+    PackedMatrix(ggml_type type, int64_t n_rows, int64_t n_cols, PackedIsa kernels);
+
     ggml_type type_;
     PackedIsa kernels_;
     int64_t n_rows_, n_cols_, n_groups_;
     size_t group_bytes_ = 0;
     Layout lay_{};
     PackedBuffer owned_;
-    uint8_t * base_ = nullptr;
+    const uint8_t * base_ = nullptr;
 };
 
 // Bytes of one quantized activation column of n_cols values:

@@ -154,6 +154,20 @@ def test_generate_threads_and_stdin_prompt(models, model, tmp_path):
     assert one == two == piped == "Hi there" + greedy_text(model, "Hi there", 12) + "\n"
 
 
+def test_generate_packed_cache(models, tmp_path):
+    """--packed-cache FILE: the first run writes the cache, the second maps
+    it (not rewritten), and both generate what a run without it does."""
+    args = ("abc", "--model", models / "m-q8.gguf", "--max-tokens", 12, "--temperature", 0, *NO_PENALTY)
+    plain, _ = ok("generate", *args, cwd=tmp_path)
+    cache = tmp_path / "m-q8.packed"
+    first, _ = ok("generate", *args, "--packed-cache", cache, cwd=tmp_path)
+    assert cache.is_file() == rwkv_cpp.packed_kernels_available()
+    before = cache.stat().st_ino if cache.is_file() else None
+    second, _ = ok("generate", *args, "--packed-cache", cache, cwd=tmp_path)
+    assert plain == first == second
+    assert (cache.stat().st_ino if cache.is_file() else None) == before
+
+
 def test_generate_stop_strings(models, model, tmp_path):
     full = greedy_text(model, "Hello", 30)
     late, early = full[12:14], full[5:7]

@@ -1,7 +1,9 @@
 """Packed matrices (src/rwkv_packed*): the AVX-512 VNNI and AVX2 kernels
 against their naive reference, the reference against ggml's mul_mat and a
 float64 product, on awkward sizes; and whole models with and without
-packing."""
+packing, and the packed-weight cache."""
+
+import os
 
 import numpy as np
 import pytest
@@ -338,3 +340,84 @@ def test_packed_products_bad_arguments_are_refused():
     for bad in (args(0, 0, REFERENCE, 1), args(9, 0, REFERENCE, 1), args(1, 4, REFERENCE, 1),
                 args(1, -1, REFERENCE, 1), args(1, 0, GGML, 1), args(1, 0, REFERENCE, 0)):
         assert bad != 0
+
+
+# ---- the packed-weight cache (Model(packed_cache=...), src/rwkv_packed_cache.h)
+
+CACHE_DATA_OFFSET = 2 << 20  # the packed bytes start 2 MiB into the file
+
+
+def _run(path, tokens, **kwargs):
+    with rwkv_cpp.Model(path, n_threads=1, **kwargs) as m:
+        logits, state = m.eval_sequence(tokens, all_logits=True)
+        return logits, state, m.packed_bytes
+
+
+def _same_bits(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(a[:2], b[:2]))
+
+
+@pytest.mark.parametrize("kind", ["FP16", "Q4_0"])
+def test_packed_cache_is_written_then_mapped(tmp_path, fp32_file, tokens, kind):
+    require_packed_kernels()
+    path = _model_file(tmp_path, fp32_file, kind)
+    cache = tmp_path / "weights.packed"
+    packed = _run(path, tokens)
+    first = _run(path, tokens, packed_cache=str(cache))  # packs, then writes the cache
+    assert cache.stat().st_size == CACHE_DATA_OFFSET + packed[2]
+    inode = cache.stat().st_ino
+    second = _run(path, tokens, packed_cache=cache)      # maps it (a path-like works too)
+    assert cache.stat().st_ino == inode                  # not rewritten
+    assert _same_bits(first, packed) and _same_bits(second, packed) and second[2] == packed[2]
+    assert not list(tmp_path.glob("weights.packed.tmp*"))
+    # the second load read the weights from the cache: zeroed there, they
+    # change the answer (the cache has no checksum, as a model file has none)
+    with open(cache, "r+b") as f:
+        f.seek(CACHE_DATA_OFFSET)
+        f.write(bytes(packed[2]))
+    assert not _same_bits(_run(path, tokens, packed_cache=cache), packed)
+
+
+def test_packed_cache_of_another_model_or_file_is_rewritten(tmp_path, fp32_file, tokens):
+    require_packed_kernels()
+    a, b = _model_file(tmp_path, fp32_file, "Q5_1"), _model_file(tmp_path, fp32_file, "Q8_0")
+    cache = str(tmp_path / "shared.packed")
+    want_a, want_b = _run(a, tokens), _run(b, tokens)
+    assert _same_bits(_run(a, tokens, packed_cache=cache), want_a)
+    assert _same_bits(_run(b, tokens, packed_cache=cache), want_b)  # a's cache: b packs and rewrites it
+    inode = os.stat(cache).st_ino
+    assert _same_bits(_run(b, tokens, packed_cache=cache), want_b)
+    assert os.stat(cache).st_ino == inode
+    # the same model file, modified since (its time here): rewritten
+    st = os.stat(b)
+    os.utime(b, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert _same_bits(_run(b, tokens, packed_cache=cache), want_b)
+    assert os.stat(cache).st_ino != inode
+
+
+@pytest.mark.parametrize("damage", ["empty", "garbage", "truncated", "longer", "header"])
+def test_damaged_packed_cache_is_replaced(tmp_path, fp32_file, tokens, damage):
+    require_packed_kernels()
+    path = _model_file(tmp_path, fp32_file, "Q4_0")
+    cache = tmp_path / "w.packed"
+    want = _run(path, tokens, packed_cache=cache)
+    good = cache.read_bytes()
+    bad = {"empty": b"", "garbage": os.urandom(len(good)), "truncated": good[:-64], "longer": good + b"\0" * 64,
+           "header": good[:50] + bytes([good[50] ^ 1]) + good[51:]}[damage]  # the layout hash
+    cache.write_bytes(bad)
+    assert _same_bits(_run(path, tokens, packed_cache=cache), want)
+    assert cache.read_bytes() == good
+
+
+def test_packed_cache_that_cannot_be_written(tmp_path, fp32_file, tokens):
+    require_packed_kernels()
+    path = _model_file(tmp_path, fp32_file, "Q5_1")
+    want = _run(path, tokens)
+    # its folder does not exist / the path is a folder: the load still works
+    for cache in (tmp_path / "missing" / "w.packed", tmp_path):
+        assert _same_bits(_run(path, tokens, packed_cache=cache), want)
+    assert not (tmp_path / "missing").exists()
+    # nothing is packed without repack: no cache either
+    cache = tmp_path / "unused.packed"
+    _run(path, tokens, packed_cache=cache, repack=False)
+    assert not cache.exists()

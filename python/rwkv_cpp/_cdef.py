@@ -48,6 +48,8 @@ struct rwkv_model_params {
     bool repack;
 
     enum rwkv_packed_isa packed_isa;
+
+    const char * packed_cache;
     rwkv_log_callback log_callback;
     void * log_user_data;
 };

@@ -63,12 +63,21 @@ def add_model_option(parser, help="model file (.gguf or rwkv.cpp .bin); default:
     parser.add_argument("-m", "--model", help=help)
 
 
+PACKED_CACHE_HELP = ("keep the weights as laid out for this CPU's kernels in FILE: the first run writes it, "
+                     "later runs of the same model file map it and load faster (see docs/KERNELS.md)")
+
+
+def add_packed_cache_argument(parser):
+    parser.add_argument("--packed-cache", metavar="FILE", help=PACKED_CACHE_HELP)
+
+
 def add_model_arguments(parser):
     """``-m/--model`` (default: the bundled demo model), ``--tokenizer``,
-    ``-t/--threads``, and ``--version``."""
+    ``-t/--threads``, ``--packed-cache`` and ``--version``."""
     add_model_option(parser)
     add_tokenizer_argument(parser)
     add_threads_argument(parser)
+    add_packed_cache_argument(parser)
     add_version_argument(parser)
 
 
@@ -262,10 +271,10 @@ def memory_mib():
     return peak, peak
 
 
-def open_model(model_class, path, n_threads):
+def open_model(model_class, path, n_threads, packed_cache=None):
     """``(model, seconds to load it)``."""
     start = time.perf_counter()
-    model = model_class(path, n_threads=n_threads)
+    model = model_class(path, n_threads=n_threads, packed_cache=packed_cache)
     return model, time.perf_counter() - start
 
 

@@ -194,7 +194,10 @@ class Model:
     kernels (``repack=True``, the default; ``repack=False`` keeps ggml's
     kernels and the file's pages).  ``packed_isa`` ("auto", "avx512",
     "avx2" or "none") caps those kernels; ``packed_kernels_name`` says which
-    ones the model uses.  The state is an explicit float32 array owned by
+    ones the model uses.  ``packed_cache`` (a path) keeps the re-laid-out
+    matrices in a file: the first load writes it, later loads of the same
+    model file map it instead of re-laying out (faster: no fresh memory to
+    fill); a different model file or library layout rewrites it.  The state is an explicit float32 array owned by
     the caller: evaluation never modifies the state it is given.
 
     Thread safety: a ``Model`` may be shared by any number of threads.
@@ -211,7 +214,7 @@ class Model:
     """
 
     def __init__(self, path, n_threads=None, *, use_mmap=True, repack=True, packed_isa="auto",
-                 max_chunk_tokens=0):
+                 max_chunk_tokens=0, packed_cache=None):
         self._model = ffi.NULL
         self._default_ctx = ffi.NULL
         self._lock = threading.Lock()           # the default context, one call at a time
@@ -224,16 +227,19 @@ class Model:
             raise ValueError("packed_isa must be one of %s, not %r" % (", ".join(_PACKED_ISA), packed_isa))
         self.path = os.fspath(path)
         try:
-            self._load(use_mmap, repack, packed_isa)
+            self._load(use_mmap, repack, packed_isa, packed_cache)
             self._default_ctx, self.n_threads = _new_context(self._model, n_threads, max_chunk_tokens)
         except BaseException:
             self.close()
             raise
         self._read_shape()
 
-    def _load(self, use_mmap, repack, packed_isa):
+    def _load(self, use_mmap, repack, packed_isa, packed_cache):
         load_path = self.path
         if is_legacy(self.path):
+            if packed_cache is not None:
+                raise ValueError("packed_cache needs a GGUF model file: %s is loaded through a temporary "
+                                 "conversion (convert it once with python -m rwkv_cpp.convert)" % self.path)
             # rwkv.cpp .bin: load a temporary GGUF conversion, removed when the
             # model is freed, when loading fails, or at the latest at exit
             load_path, folder = convert_to_temp(self.path)
@@ -242,6 +248,8 @@ class Model:
         params.use_mmap = bool(use_mmap)
         params.repack = bool(repack)
         params.packed_isa = _PACKED_ISA[packed_isa]
+        cache_path = ffi.NULL if packed_cache is None else ffi.new("char[]", os.fsencode(packed_cache))
+        params.packed_cache = cache_path
         out = ffi.new("struct rwkv_model **")
         errbuf = ffi.new("char[]", _ERROR_BUF_SIZE)
         status = lib.rwkv_model_load(os.fsencode(load_path), params, out, errbuf, _ERROR_BUF_SIZE)

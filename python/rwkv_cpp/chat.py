@@ -381,7 +381,7 @@ def _start(args, path, stdout, stderr):
     """``(model, session)`` after the banner; raises on a bad argument or model."""
     write, error = _writer(stdout), (lambda text: _writer(stderr)("error: %s\n" % text))
     check_output_folder(args.state_dir, "--state-dir")
-    model, seconds = open_model(Model, path, args.threads)
+    model, seconds = open_model(Model, path, args.threads, args.packed_cache)
     try:
         tokenizer = tokenizers.for_model(model, args.tokenizer)
         persona = persona_for(tokenizer.name, args.user, args.bot, _intro_text(args.intro))

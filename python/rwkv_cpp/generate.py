@@ -83,7 +83,7 @@ def main(argv=None):
     say = (lambda text: None) if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
     try:
         sampling = sampling_from_args(args, args.stop)
-        model, seconds = open_model(Model, path, args.threads)
+        model, seconds = open_model(Model, path, args.threads, args.packed_cache)
         with model:
             say(banner("rwkv_cpp generate", model, seconds))
             state = None if args.initial_state is None else initial_state(args.initial_state, model)

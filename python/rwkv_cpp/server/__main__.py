@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 
-from .._cli import add_initial_state_argument, positive_int, resolve_model_path
+from .._cli import add_initial_state_argument, add_packed_cache_argument, positive_int, resolve_model_path
 
 EPILOG = """\
 routes: POST /v1/completions, /v1/chat/completions, /v1/embeddings; GET /v1/models,
@@ -43,6 +43,7 @@ def build_parser():
                     "interface: use --api-key then)")
     ap.add_argument("--port", type=int, default=8000, help="TCP port (default %(default)s)")
     ap.add_argument("--threads", type=positive_int, default=None, help="compute threads (default: all CPUs)")
+    add_packed_cache_argument(ap)
     ap.add_argument("--max-batch", type=positive_int, default=8,
                     help="sequences evaluated together in one step (default %(default)s)")
     ap.add_argument("--max-queue", type=int, default=64,
@@ -90,7 +91,8 @@ def main(argv=None):
     if model_path is None:
         sys.exit(2)
     config = EngineConfig(model_path=model_path, model_name=args.model_name, threads=args.threads,
-                          max_batch=args.max_batch, max_queue=args.max_queue, state_cache_mb=args.state_cache_mb,
+                          packed_cache=args.packed_cache, max_batch=args.max_batch, max_queue=args.max_queue,
+                          state_cache_mb=args.state_cache_mb,
                           tokenizer=args.tokenizer, embed_stats=args.embed_stats, initial_state=args.initial_state,
                           template=template,
                           limits=Limits(max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens_limit))

@@ -49,6 +49,7 @@ class EngineConfig:
     model_path: str
     model_name: Optional[str] = None  # the id served (default: the file name without .gguf)
     threads: Optional[int] = None
+    packed_cache: Optional[str] = None  # Model(packed_cache=...)
     max_batch: int = 8
     max_queue: int = 64
     state_cache_mb: float = 256.0
@@ -167,7 +168,7 @@ class Engine:
 
     def _load(self):
         cfg = self.config
-        self.model = Model(cfg.model_path, cfg.threads)
+        self.model = Model(cfg.model_path, cfg.threads, packed_cache=cfg.packed_cache)
         self.context = self.model.context(cfg.threads)
         self.tokenizer = tokenizers.for_model(self.model, cfg.tokenizer)
         if cfg.embed_stats:
