@@ -12,7 +12,10 @@ bandwidth, then runs one process of ours (bench.worker) and one
 ``llama-bench`` process per type, interleaved; the table has medians over the
 rounds: decode ms/token, % of the bandwidth floor (the bytes of weights one
 token reads / the bandwidth measured in the same round), prefill tokens/s and
-the ratios ours : llama.cpp.
+the ratios ours : llama.cpp; and our load and first-token times, packing at
+load and mapping the packed-weight cache (``Model(packed_cache=...)``: a
+process before the rounds writes it; one more process per round loads from
+it).
 
 llama.cpp is built once in a cache folder outside the repository
 (bench/peers/llamacpp.py); when it cannot be built (no network, no compiler)
@@ -51,6 +54,11 @@ class Pair:
     type: str
     ours: Path
     peer: Path
+
+    @property
+    def cache(self) -> Path:
+        """Our file's packed-weight cache, made for the run and removed after it."""
+        return self.ours.with_suffix(".packed")
 
 
 def random_state_dict(name: str):
@@ -99,12 +107,18 @@ def measure(pairs: List[Pair], llama, args) -> Dict[Pair, List[dict]]:
     """{pair: [round results]}: per round one bandwidth probe, then ours and
     llama.cpp's process for every pair, interleaved."""
     runs = {p: [] for p in pairs}
+    for p in pairs:  # writes each packed-weight cache (and warms the page cache)
+        p.cache.unlink(missing_ok=True)
+        run_worker("ours", p.ours, args.threads, decode_tokens=0, prefill=[], packed_cache=p.cache)
     for _ in range(args.procs):
         for p in pairs:
             bw = measure_bandwidth(args.threads, *args.membw).median_gbs
             ours = run_worker("ours", p.ours, args.threads, decode_tokens=args.decode_tokens, prefill=args.prefill)
+            cached = run_worker("ours", p.ours, args.threads, decode_tokens=0, prefill=[], packed_cache=p.cache)
             peer = llamacpp.bench(llama, p.peer, args.threads, args.prefill, args.decode_tokens)
-            runs[p].append({"bw": bw, "ours": ours, "peer": peer})
+            runs[p].append({"bw": bw, "ours": ours, "cached": cached, "peer": peer})
+    for p in pairs:
+        p.cache.unlink(missing_ok=True)
     return runs
 
 
@@ -122,6 +136,8 @@ def rows(runs: Dict[Pair, List[dict]], args):
             o = med(r["ours"]["prefill_%d" % n] for r in rs)
             q = med(r["peer"]["prefill_%d" % n] for r in rs)
             row += ["%.0f / %.0f" % (o, q), "%.2f" % (o / q)]
+        row += ["%.2f / %.2f" % (med(r[k]["load_s"] for r in rs), med(r[k]["first_token_s"] for r in rs))
+                for k in ("ours", "cached")]
         yield row
 
 
@@ -177,6 +193,7 @@ def main(argv=None) -> int:
               "ours % of floor", "llama.cpp % of floor"]
     for n in args.prefill:
         header += ["prefill %d tok/s ours / llama.cpp" % n, "ratio"]
+    header += ["ours load / first token s: packing", "from the packed cache"]
     print_table(header, rows(runs, args))
     return 0
 

@@ -166,7 +166,7 @@ def run_worker(kind: str, model: Path, threads: int, *, decode_tokens: int = 32,
                repack: bool = True, packed_isa: str = "auto", package: Optional[str] = None,
                strategy: Optional[str] = None,
                n_vocab: Optional[int] = None, no_jit: bool = False,
-               batches: Optional[Sequence[int]] = None) -> dict:
+               batches: Optional[Sequence[int]] = None, packed_cache: Optional[Path] = None) -> dict:
     """One measurement in a fresh process (bench/worker.py documents the
     steps and the options); returns its result."""
     cmd = [sys.executable, "-m", "bench.worker", kind, str(model), "--threads", str(threads),
@@ -180,6 +180,7 @@ def run_worker(kind: str, model: Path, threads: int, *, decode_tokens: int = 32,
     cmd += ["--n-vocab", str(n_vocab)] if n_vocab else []
     cmd += ["--no-jit"] if no_jit else []
     cmd += ["--batches", *map(str, batches)] if batches else []
+    cmd += ["--packed-cache", str(packed_cache)] if packed_cache else []
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError("worker failed: %s\n%s" % (" ".join(cmd), done.stderr))

@@ -7,6 +7,7 @@ help the next.  A worker prints one ``RESULT {json}`` line, which
 
     python -m bench.worker ours MODEL.gguf --threads 2 [--decode-tokens 32] [--runs 1]
         [--prefill 128 512] [--check 16 --check-out LOGITS.npy] [--no-repack] [--package DIR]
+        [--packed-cache FILE]
     python -m bench.worker official MODEL.pth --strategy "cpu fp32" --n-vocab 50277 --threads 2 ...
     python -m bench.worker batch MODEL.gguf --threads 2 --batches 1 2 4 8 --decode-tokens 16 --prefill 128
 
@@ -109,7 +110,8 @@ def measure_ours(args) -> dict:
     rwkv_cpp = import_rwkv_cpp(args.package)
     # packed_isa only when asked: builds from before the parameter lack it
     isa = {} if args.packed_isa == "auto" else {"packed_isa": args.packed_isa}
-    m = rwkv_cpp.Model(args.model, n_threads=args.threads, repack=args.repack, **isa)
+    cache = {} if args.packed_cache is None else {"packed_cache": args.packed_cache}
+    m = rwkv_cpp.Model(args.model, n_threads=args.threads, repack=args.repack, **isa, **cache)
     t_load = time.perf_counter() - t0
     toks = bench_tokens(m.n_vocab, max(TOKEN_COUNT, 1 + WARMUP_TOKENS + args.decode_tokens, *args.prefill))
     t1 = time.perf_counter()
@@ -231,6 +233,7 @@ def parse_args(argv=None):
     ap.add_argument("--packed-isa", default="auto", choices=["auto", "avx512", "avx2", "none"],
                     help="ours: cap the packed kernels (Model(packed_isa=...))")
     ap.add_argument("--package", help="ours: load rwkv_cpp from this folder (bench.harness.library_packages)")
+    ap.add_argument("--packed-cache", help="ours: Model(packed_cache=...), the packed-weight cache file")
     ap.add_argument("--strategy", default="cpu fp32", help="official: the strategy string")
     ap.add_argument("--n-vocab", type=int, default=50277, help="official: vocabulary of the model")
     ap.add_argument("--no-jit", action="store_true", help="official: without TorchScript")
