@@ -180,20 +180,38 @@ inline float * row_f32_mut(const ggml_tensor * t, int64_t s) {
     return reinterpret_cast<float *>(static_cast<char *>(t->data) + s * t->nb[1]);
 }
 
+// The sum of term(j) for j < n, in double, as DOUBLE_LANES independent
+// partial sums (a vector register of doubles) added at the end: the loop
+// vectorises instead of waiting on one chain of additions.  The order of
+// the additions is fixed by n alone.
+constexpr int64_t DOUBLE_LANES = 8;
+template <typename Term> RWKV_INLINE_IN_CLONES double lane_sum(int64_t n, Term term) {
+    double part[DOUBLE_LANES] = {};
+    int64_t j = 0;
+    for (; j + DOUBLE_LANES <= n; j += DOUBLE_LANES) {
+        for (int64_t l = 0; l < DOUBLE_LANES; ++l) {
+            part[l] += term(j + l);
+        }
+    }
+    for (; j < n; ++j) {
+        part[0] += term(j);
+    }
+    double sum = 0.0;
+    for (double p : part) {
+        sum += p;
+    }
+    return sum;
+}
+
 // F.group_norm over one head's N values (biased variance, in double), then
 // the affine ln_x weight and bias of those channels.
-inline void group_norm_head(int64_t N, const float * y, const float * w, const float * b, float eps, float * out) {
-    double mean = 0.0;
-    for (int64_t j = 0; j < N; ++j) {
-        mean += y[j];
-    }
-    mean /= static_cast<double>(N);
-    double var = 0.0;
-    for (int64_t j = 0; j < N; ++j) {
-        const double d = y[j] - mean;
-        var += d * d;
-    }
-    var /= static_cast<double>(N);
+RWKV_INLINE_IN_CLONES void group_norm_head(int64_t N, const float * y, const float * w, const float * b, float eps,
+                                           float * out) {
+    const double mean = lane_sum(N, [y](int64_t j) { return static_cast<double>(y[j]); }) / static_cast<double>(N);
+    const double var = lane_sum(N, [y, mean](int64_t j) {
+                           const double d = y[j] - mean;
+                           return d * d;
+                       }) / static_cast<double>(N);
     const double inv = 1.0 / std::sqrt(var + static_cast<double>(eps));
     for (int64_t j = 0; j < N; ++j) {
         out[j] = static_cast<float>((y[j] - mean) * inv) * w[j] + b[j];

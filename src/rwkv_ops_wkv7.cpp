@@ -18,6 +18,7 @@ using ops::exp_poly;
 using ops::f32;
 using ops::f32_mut;
 using ops::group_norm_head;
+using ops::lane_sum;
 using ops::Range;
 using ops::check_rows_f32;
 using ops::check_seqs;
@@ -48,23 +49,29 @@ void * head_size_as_userdata(int64_t head_size) { return reinterpret_cast<void *
 int64_t head_size_of_userdata(void * userdata) { return static_cast<int64_t>(reinterpret_cast<intptr_t>(userdata)); }
 
 // One head of one token of RWKV_x070_TMix_one before the WKV (see header).
+// The blocks written never overlap the sources read: restrict lets each
+// loop vectorise.
 RWKV_OPS_CLONES void wkv7_prepare_head(const ggml_tensor * dst, int64_t N, int64_t c0, int64_t h,
                                        float * const blocks[WKV7_BLOCKS]) {
-    const float *k = f32(dst->src[P_K]) + c0, *v = f32(dst->src[P_V]) + c0, *al = f32(dst->src[P_A_LORA]) + c0;
-    const float *a0 = f32(dst->src[P_A0]) + h * N, *k_k = f32(dst->src[P_K_K]) + h * N;
-    const float * k_a = f32(dst->src[P_K_A]) + h * N;
-    float *kk = blocks[WKV7_KK] + c0, *kp = blocks[WKV7_K] + c0, *vp = blocks[WKV7_V] + c0, *a = blocks[WKV7_A] + c0;
+    const float *__restrict k = f32(dst->src[P_K]) + c0, *__restrict v = f32(dst->src[P_V]) + c0;
+    const float *__restrict al = f32(dst->src[P_A_LORA]) + c0, *__restrict a0 = f32(dst->src[P_A0]) + h * N;
+    const float *__restrict k_k = f32(dst->src[P_K_K]) + h * N, *__restrict k_a = f32(dst->src[P_K_A]) + h * N;
+    float *__restrict kk = blocks[WKV7_KK] + c0, *__restrict kp = blocks[WKV7_K] + c0;
+    float *__restrict vp = blocks[WKV7_V] + c0, *__restrict a = blocks[WKV7_A] + c0;
     // kk = F.normalize((k * k_k).view(H, N), dim=-1, p=2.0)
-    double ss = 0.0;
     for (int64_t j = 0; j < N; ++j) {
         kk[j] = k[j] * k_k[j];
-        ss += static_cast<double>(kk[j]) * kk[j];
     }
+    const double ss = lane_sum(N, [kk](int64_t j) { return static_cast<double>(kk[j]) * kk[j]; });
     const float norm = std::max(static_cast<float>(std::sqrt(ss)), L2_NORM_EPS);
     for (int64_t j = 0; j < N; ++j) {
         kk[j] = kk[j] / norm;
-        // a = sigmoid(a0 + (xa @ a1) @ a2);  k = k * (1 + (a - 1) * k_a)
+    }
+    // a = sigmoid(a0 + (xa @ a1) @ a2);  k = k * (1 + (a - 1) * k_a)
+    for (int64_t j = 0; j < N; ++j) {
         a[j] = sigmoid_poly(a0[j] + al[j]);
+    }
+    for (int64_t j = 0; j < N; ++j) {
         kp[j] = k[j] * (1.0f + (a[j] - 1.0f) * k_a[j]);
     }
     if (dst->src[P_V_LORA] == nullptr) {  // layer 0: v_first = v
@@ -72,8 +79,8 @@ RWKV_OPS_CLONES void wkv7_prepare_head(const ggml_tensor * dst, int64_t N, int64
         return;
     }
     // v = v + (v_first - v) * sigmoid(v0 + (xv @ v1) @ v2)
-    const float *vl = f32(dst->src[P_V_LORA]) + c0, *v0 = f32(dst->src[P_V0]) + h * N;
-    const float * vf = f32(dst->src[P_V_FIRST]) + c0;
+    const float *__restrict vl = f32(dst->src[P_V_LORA]) + c0, *__restrict v0 = f32(dst->src[P_V0]) + h * N;
+    const float *__restrict vf = f32(dst->src[P_V_FIRST]) + c0;
     for (int64_t j = 0; j < N; ++j) {
         vp[j] = v[j] + (vf[j] - v[j]) * sigmoid_poly(v0[j] + vl[j]);
     }
