@@ -67,7 +67,8 @@ def test_peers_bench_table_smoke(tmp_path):
     except llamacpp.Unavailable as exc:
         pytest.skip("llama.cpp peer not built here: %s" % exc)
     lines = run_bench(tmp_path, "bench.bench_peers", "--smoke", "--threads", "1", "--require")
-    assert sum(l.startswith("| smoke7 | FP16 | ") for l in lines) == 1, lines
+    for t in ("FP16", "Q4_0"):
+        assert sum(l.startswith("| smoke7 | %s | " % t) for l in lines) == 1, lines
 
 
 @pytest.mark.timeout(300)

@@ -4,8 +4,8 @@ Everything lives in a cache folder outside the repository (default
 ``$XDG_CACHE_HOME/rwkv_cpp/peers`` or ``~/.cache/rwkv_cpp/peers``):
 
 - the sdist (``pip download``), unpacked; its ``vendor/llama.cpp`` is built
-  with CMake (``-DGGML_NATIVE=ON``, AMX off: ggml's AMX kernels crashed on
-  an Intel VM here), tools only;
+  with CMake (``-DGGML_NATIVE=ON``, AMX off, also in the compiler flags:
+  ggml's AMX kernels crash on the Intel VMs here), tools only;
 - a virtual environment for llama.cpp's converter
   (``convert_hf_to_gguf.py``), which needs torch (the local CPU wheel), numpy,
   safetensors and the vendored ``gguf-py``.  The converter imports
@@ -34,11 +34,19 @@ LLAMA_CPP_PYTHON = "0.3.36"
 #: the tools the benchmarks and interop checks run.
 TOOLS = ("llama-bench", "llama-batched-bench", "llama-quantize", "llama-perplexity", "llama-eval-callback",
          "llama-simple", "llama-completion", "llama-gguf")
+#: Compiler flags that keep AMX out of a native build.  ggml's GGML_AMX_*
+#: options act only when GGML_NATIVE is off: with -march=native on a CPU
+#: that reports AMX, the compiler defines __AMX_INT8__ and ggml builds its
+#: AMX matrix kernels in, which die with SIGILL on this workplace's Intel
+#: VMs (llama-bench on a Q8_0 or Q4_0 model, 2026-12-03).  An explicit
+#: -mno-* wins over what -march implies, wherever it stands.
+NO_AMX_FLAGS = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 #: CMake options: native code, AMX off, tools only, shared libs (libllama.so
 #: for llama-cpp-python's LLAMA_CPP_LIB_PATH).
 CMAKE_OPTIONS = ("-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=ON", "-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF",
-                 "-DGGML_AMX_BF16=OFF", "-DBUILD_SHARED_LIBS=ON", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF",
-                 "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_SERVER=OFF")
+                 "-DGGML_AMX_BF16=OFF", "-DCMAKE_C_FLAGS=" + NO_AMX_FLAGS, "-DCMAKE_CXX_FLAGS=" + NO_AMX_FLAGS,
+                 "-DBUILD_SHARED_LIBS=ON", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
+                 "-DLLAMA_BUILD_SERVER=OFF")
 #: the converter's Python packages (torch: the local CPU wheel).
 CONVERTER_PACKAGES = ("torch==2.13.0", "numpy", "safetensors", "pyyaml", "tqdm", "requests", "sentencepiece")
 
