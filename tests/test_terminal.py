@@ -48,6 +48,10 @@ class Terminal:
         if pid == 0:  # the child: the terminal is its stdin, stdout and stderr
             try:
                 os.chdir(cwd)
+                # as a shell at a terminal starts a program: Ctrl-C's signal
+                # not ignored, even where the tests run as a background job
+                # (which ignores SIGINT and passes that on to its children)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
                 os.execv(sys.executable, [sys.executable, "-m", module, *map(str, args)])
             finally:
                 os._exit(127)
