@@ -6,8 +6,9 @@
 // cached file's pages come from the page cache.
 //
 // File layout (little-endian):
-//   PackedCacheHeader, zero bytes up to DATA_OFFSET (2 MiB, so that the data
-//   may be mapped with huge pages), then the packed bytes.
+//   a 64-byte header (magic "RWKVPCK1", format version, data offset and the
+//   PackedCacheKey below), zero bytes up to the data offset (2 MiB, so that
+//   the data may be mapped with huge pages), then the packed bytes.
 // A cache is used only if every field of its header equals the one computed
 // for the model being loaded: the format version, the model file's size,
 // modification time and a hash of its first MiB, a hash of the packed layout

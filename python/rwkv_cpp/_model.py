@@ -197,8 +197,9 @@ class Model:
     ones the model uses.  ``packed_cache`` (a path) keeps the re-laid-out
     matrices in a file: the first load writes it, later loads of the same
     model file map it instead of re-laying out (faster: no fresh memory to
-    fill); a different model file or library layout rewrites it.  The state is an explicit float32 array owned by
-    the caller: evaluation never modifies the state it is given.
+    fill); a different model file or library layout rewrites it.  The
+    state is an explicit float32 array owned by the caller: evaluation
+    never modifies the state it is given.
 
     Thread safety: a ``Model`` may be shared by any number of threads.
     ``context(n_threads)`` makes an independent ``Context`` (one per
